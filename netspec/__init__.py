@@ -1,0 +1,47 @@
+"""netspec: Darknet-style .cfg files in, PyTorch networks out.
+
+``import netspec`` is cheap: torch and lark are imported only when a function that needs them is
+first used (names are resolved lazily by ``__getattr__``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import CfgError, CheckpointError, LimitError, NetspecError, Problem, WeightsError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "parse": "netspec.parser",
+    "build": "netspec.builder",
+    "build_spec": "netspec.builder",
+    "Network": "netspec.network",
+    "Limits": "netspec.specs",
+    "NetSpec": "netspec.specs",
+    "Document": "netspec.document",
+}
+
+__all__ = ["CfgError", "CheckpointError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .builder import build, build_spec  # noqa: F401
+    from .document import Document  # noqa: F401
+    from .network import Network  # noqa: F401
+    from .parser import parse  # noqa: F401
+    from .specs import Limits, NetSpec  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'netspec' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

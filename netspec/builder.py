@@ -1,0 +1,34 @@
+"""The public entry point: cfg (path or text) → validated, shape-checked :class:`Network`."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import CfgError
+from .parser import parse
+from .specs import Limits, NetSpec, build_specs
+
+
+def build_spec(source, width: int | None = None, height: int | None = None, strict: bool = True, *,
+               channels: int | None = None, limits: Limits | None = None) -> NetSpec:
+    """Parse and validate a cfg, inferring every layer's shape, without creating any tensor."""
+    document = parse(source)
+    return build_specs(document, width, height, channels=channels, strict=strict, limits=limits)
+
+
+def build(source: str | os.PathLike, width: int | None = None, height: int | None = None, strict: bool = True, *,
+          channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None):
+    """Build a :class:`~netspec.network.Network` from a cfg path or cfg text.
+
+    ``width``/``height`` override ``[net]``; ``strict=False`` turns Darknet-tolerated mistakes
+    (unknown or duplicate keys, stray commas) into warnings; ``darknet_bugs`` reproduces Darknet's
+    CPU output where it differs from the intended function (see the README).
+    Raises :class:`CfgError` listing every problem found.
+    """
+    from .network import assemble
+
+    spec = build_spec(source, width, height, strict, channels=channels, limits=limits)
+    return assemble(spec, darknet_bugs=darknet_bugs)
+
+
+__all__ = ["CfgError", "build", "build_spec"]

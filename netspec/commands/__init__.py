@@ -1,0 +1,1 @@
+"""One module per ``python -m netspec`` subcommand (see :mod:`netspec.cli`)."""

@@ -1,0 +1,65 @@
+"""``netspec build FILE.cfg``: validate, build, and print Darknet's layer table (or ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..builder import build
+from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_cfg_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print Network.summary() as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    net = build(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient, limits=limits_from(args))
+    print_warnings(net.warnings)
+    if args.json:
+        print(json.dumps(net.summary(), indent=1))
+    else:
+        print(format_table(net))
+    return 0
+
+
+def _geometry(spec) -> tuple[str, str]:
+    p = spec.p
+    filters = ""
+    size = ""
+    if spec.type == "convolutional":
+        filters = str(p.filters) + (f"/{p.groups}" if p.groups > 1 else "")
+        stride = f"{p.sy}" if p.sx == p.sy else f"{p.sx}x{p.sy}"
+        size = f"{p.size}x{p.size}/{stride}" + (f" d{p.dilation}" if p.dilation > 1 else "")
+    elif spec.type in ("maxpool", "local_avgpool"):
+        stride = f"{p.sy}" if p.sx == p.sy else f"{p.sx}x{p.sy}"
+        size = f"{p.k}x{p.k}/{stride}"
+    elif spec.type == "route":
+        filters = ",".join(str(i) for i in p.layers) + (f" g{p.group_id}/{p.groups}" if p.groups > 1 else "")
+    elif spec.type in ("shortcut", "sam", "scale_channels"):
+        src = getattr(p, "from")
+        filters = ",".join(str(i) for i in src) if isinstance(src, tuple) else str(src)
+    elif spec.type == "upsample":
+        size = f"{p.stride}x"
+    elif spec.type == "connected":
+        filters = str(p.output)
+    return filters, size
+
+
+def format_table(net) -> str:
+    """Darknet-like table: index, type, filters, size/stride, input -> output, params, BFLOPs."""
+    def shape(s):
+        c, h, w = s
+        return f"{w:>4} x{h:>4} x{c:>5}"
+
+    rows = [f"{'layer':>5}  {'type':<15}{'filters':>10}  {'size/strd':<11}{'input':>19} -> {'output':<19}"
+            f"{'params':>12}{'BFLOPs':>10}"]
+    for s in net.spec.layers:
+        filters, size = _geometry(s)
+        rows.append(f"{s.index:>5}  {s.type:<15}{filters:>10}  {size:<11}{shape(s.in_shape):>19} -> "
+                    f"{shape(s.out_shape):<19}{s.info.params:>12,}{s.info.bflops:>10.3f}")
+    spec = net.spec
+    rows.append(f"total: {len(spec.layers)} layers, {spec.total_params:,} parameters, {spec.total_weights_floats:,} "
+                f".weights floats, {spec.total_bflops:.3f} BFLOPs")
+    return "\n".join(rows)

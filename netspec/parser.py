@@ -1,0 +1,267 @@
+"""Text → Document: the Lark LALR grammar in ``grammar/cfg.lark`` applied to a cfg file.
+
+One parser is built on first use and cached for the life of the process; a syntax error is
+reported with its exact line and column, and parsing continues past a bad line so that every
+syntax error in the file is reported at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from .document import Block, Call, Document, Item, Option
+from .errors import CfgError, Problem
+
+MAX_SYNTAX_ERRORS = 20
+
+
+def grammar_path() -> Path:
+    """Where ``cfg.lark`` is: inside the installed package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "grammar" / "cfg.lark", here.parent / "grammar" / "cfg.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("netspec's grammar file cfg.lark is missing from the installation")
+
+
+@functools.lru_cache(maxsize=1)
+def _lark():
+    from lark import Lark, Transformer, v_args
+
+    @v_args(inline=True)
+    class _ToTuples(Transformer):
+        # Runs inside the LALR parser (no parse tree is kept): returns plain tuples that
+        # _document() turns into Blocks and Options once the source text is at hand.
+        def header(self, *tokens):
+            name = tokens[0] if tokens else None
+            return ("header", name)
+
+        def option(self, key, value):
+            return ("option", key, value)
+
+        def value(self, *children):
+            # Keep empty items (`1,,2` or a trailing comma) so they can be reported: Darknet
+            # reads each of them as 0.
+            items = []
+            expect_item = True
+            for child in children:
+                if isinstance(child, tuple):
+                    items.append(child)
+                    expect_item = False
+                    continue
+                if expect_item:
+                    items.append(("item", child.start_pos, child.start_pos, child.line, child.column, None))
+                expect_item = True
+            if expect_item and children:
+                last = children[-1]
+                items.append(("item", last.end_pos, last.end_pos, last.line, last.column + 1, None))
+            return tuple(items)
+
+        def item(self, *atoms):
+            return ("item", atoms[0].start_pos, atoms[-1].end_pos, atoms[0].line, atoms[0].column, None)
+
+        def atom(self, token):
+            return token
+
+        def call(self, name, *args):
+            rpar = args[-1]
+            args = [a for a in args[:-1] if isinstance(a, tuple)]
+            positional = tuple(str(a[1]) for a in args if a is not None and a[0] == "pos")
+            keyword = tuple((str(a[1]), str(a[2])) for a in args if a is not None and a[0] == "kw")
+            end = rpar.end_pos
+            return ("item", name.start_pos, end, name.line, name.column, Call(str(name), positional, keyword))
+
+        def kwarg(self, name, value):
+            return ("kw", name, value, value.end_pos)
+
+        def posarg(self, value):
+            return ("pos", value, None, value.end_pos)
+
+        def start(self, *lines):
+            return lines
+
+    return Lark(grammar_path().read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
+                transformer=_ToTuples(), maybe_placeholders=False)
+
+
+def _describe_token(token) -> str:
+    kind = getattr(token, "type", "")
+    if kind in ("_NL", "$END"):
+        return "end of line"
+    return repr(str(token))
+
+
+_EXPECTED_WORDS = {"_NL": "end of line", "KEY": "a key", "__ANON_0": "'='", "EQUAL": "'='",
+                   "NUMBER": "a value", "WORD": "a value", "LSQB": "'['", "RSQB": "']'",
+                   "SECTION": "a section name", "_COMMA": "','", "_RPAR": "')'", "_LPAR": "'('"}
+
+
+def _syntax_problem(exc, path: str | None, lines: list[str]) -> Problem:
+    from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
+    line = getattr(exc, "line", None)
+    col = getattr(exc, "column", None)
+    if isinstance(exc, UnexpectedCharacters):
+        text = lines[line - 1] if line and 0 < line <= len(lines) else ""
+        char = exc.char
+        stripped = text.strip()
+        if stripped.startswith("[") and "]" not in stripped:
+            msg = "section header is missing its closing ']'"
+        elif stripped.startswith("[") and stripped.find("]") < len(stripped) - 1:
+            msg = f"unexpected {char!r} after the section header (Darknet would not recognise this section)"
+        elif "=" not in stripped:
+            msg = f"expected 'key=value', got {stripped[:40]!r}"
+        else:
+            msg = f"unexpected character {char!r}"
+    elif isinstance(exc, UnexpectedToken):
+        token = exc.token
+        expected = sorted({_EXPECTED_WORDS.get(e, e.lower().strip("_")) for e in exc.expected})
+        if getattr(token, "type", "") == "$END":
+            line = len(lines)
+            col = len(lines[-1]) + 1 if lines else 1
+        if "'='" in expected and getattr(token, "type", "") in ("_NL", "$END"):
+            msg = "expected '=' and a value after the key"
+        else:
+            msg = f"unexpected {_describe_token(token)}, expected {' or '.join(expected)}"
+    elif isinstance(exc, UnexpectedEOF):
+        msg = "unexpected end of file"
+        line = len(lines)
+        col = 1
+    else:  # pragma: no cover - lark raises only the kinds above
+        msg = str(exc)
+    return Problem(msg, path, line, col)
+
+
+def _decode(data: bytes, path: str | None) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark is an encoding artefact, not content
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise CfgError(Problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", path, line, col)) from None
+    return text
+
+
+def _check_text(text: str, path: str | None) -> None:
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        col = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        raise CfgError(Problem("NUL byte in the file (is this a binary file?)", path, line, col))
+
+
+def parse_text(text: str, path: str | None = None) -> Document:
+    """Parse cfg text.  Raises CfgError listing every syntax error (up to MAX_SYNTAX_ERRORS)."""
+    from lark.exceptions import UnexpectedInput
+
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    _check_text(text, path)
+    parser = _lark()
+    problems: list[Problem] = []
+    work = text
+    lines = text.splitlines() or [""]
+    while True:
+        try:
+            result = parser.parse(work)
+            break
+        except UnexpectedInput as exc:
+            problem = _syntax_problem(exc, path, lines)
+            problems.append(problem)
+            if len(problems) >= MAX_SYNTAX_ERRORS or problem.line is None:
+                break
+            blanked = _blank_line(work, problem.line)
+            if blanked == work:
+                break
+            work = blanked
+    if problems:
+        raise CfgError(problems)
+    return _document(result, text, path)
+
+
+def _blank_line(text: str, line_no: int) -> str:
+    """``text`` with line ``line_no`` replaced by spaces (positions of other lines unchanged)."""
+    lines = text.splitlines(keepends=True)
+    if not 0 < line_no <= len(lines):
+        return text
+    line = lines[line_no - 1]
+    body = line.rstrip("\r\n")
+    lines[line_no - 1] = " " * len(body) + line[len(body):]
+    return "".join(lines)
+
+
+def _document(lines, text: str, path: str | None) -> Document:
+    blocks: list[Block] = []
+    problems: list[Problem] = []
+    for entry in lines:
+        if entry[0] == "header":
+            token = entry[1]
+            if token is None:
+                problems.append(Problem("empty section name '[]'", path, None, None))
+                continue
+            name = str(token).strip()
+            blocks.append(Block(name, token.line, token.column - 1))
+            continue
+        _, key, raw_items = entry
+        items = tuple(_item(text, raw) for raw in raw_items)
+        value_col = key.column + len(str(key)) + 1
+        if raw_items:
+            start = raw_items[0][1]
+            end = raw_items[-1][2]
+            raw = text[start:end]
+            value_col = raw_items[0][4]
+        else:
+            raw = ""
+        option = Option(str(key), items, key.line, key.column, value_col, raw)
+        if not blocks:
+            problems.append(Problem(f"option '{key}' before the first section header; the file must start "
+                                    "with [net]", path, key.line, key.column))
+            continue
+        blocks[-1].options.append(option)
+    if problems:
+        raise CfgError(problems)
+    return Document(blocks, path, text)
+
+
+def _item(text: str, raw) -> Item:
+    _, start, end, line, col, call = raw
+    return Item(text[start:end], line, col, call)
+
+
+def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
+    """Return ``(text, path)`` for a path, cfg text, or bytes."""
+    if isinstance(source, bytes):
+        return _decode(source, None), None
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
+        path = os.fspath(source)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except IsADirectoryError:
+            raise CfgError(Problem("is a directory, not a cfg file", path)) from None
+        except FileNotFoundError:
+            raise CfgError(Problem("no such file", path)) from None
+        except PermissionError:
+            raise CfgError(Problem("permission denied", path)) from None
+        except OSError as exc:
+            raise CfgError(Problem(f"cannot read: {exc.strerror or exc}", path)) from None
+        return _decode(data, path), path
+    return source, None
+
+
+def _looks_like_path(source: str) -> bool:
+    return "\n" not in source and "\r" not in source and "[" not in source and "=" not in source
+
+
+def parse(source: str | os.PathLike | bytes, path: str | None = None) -> Document:
+    """Parse a cfg given as a path, as text, or as bytes, into a Document of blocks.
+
+    Every block and option keeps its line and column.  Raises :class:`CfgError` on syntax errors.
+    """
+    text, found_path = read_source(source)
+    return parse_text(text, path or found_path)

@@ -1,0 +1,212 @@
+"""What a section definition is, and the registry that maps section names to definitions.
+
+A section definition (one subclass of :class:`Section` per Darknet section type) declares in one
+place: its names, its keys (types, defaults, ranges), which keys reference other layers, how its
+output shape, parameter count, ``.weights`` float count and BFLOPs follow from its inputs, and
+which ``nn.Module`` computes it.  The module's ``darknet_record()`` gives its ``.weights`` layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..document import Block, Option
+from ..errors import Problem
+from ..keys import Flag, Float, InitKey, Int, Key
+
+Shape = tuple[int, int, int]
+
+
+class SpecError(Exception):
+    """Raised inside a section's ``check``/``infer`` to report one problem at a key (or the block)."""
+
+    def __init__(self, message: str, key: str | None = None, item: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.item = item
+
+
+class Params:
+    """The typed values of one block: every declared key, given or defaulted, as an attribute."""
+
+    def __init__(self, values: dict[str, Any], options: dict[str, Option]) -> None:
+        self.__dict__.update(values)
+        self._options = options
+
+    def given(self, key: str) -> bool:
+        """Whether the cfg wrote ``key`` (as opposed to taking its default)."""
+        return key in self._options
+
+    def option(self, key: str) -> Option | None:
+        return self._options.get(key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"Params({self.as_dict()!r})"
+
+
+@dataclass
+class Inference:
+    """What a layer's spec says before any tensor exists."""
+
+    out: Shape
+    params: int = 0  # trainable parameters (a shared layer counts 0: its tensors belong to another)
+    weights_floats: int = 0  # floats in this layer's .weights record
+    bflops: float = 0.0  # Darknet's BFLOPs figure for the layer
+    darknet_out: Shape | None = None  # Darknet's own out_c/h/w when it differs from the real output
+
+
+@dataclass
+class LayerSpec:
+    """A validated layer: its section, typed values, the layers it reads and its inferred sizes."""
+
+    index: int
+    section: Section
+    block: Block
+    p: Params
+    sources: tuple[int, ...]  # layers read, -1 being the network input; the previous layer first
+    in_shapes: tuple[Shape, ...]
+    info: Inference
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def type(self) -> str:
+        return self.section.name
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.info.out
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.in_shapes[0]
+
+    @property
+    def label(self) -> str:
+        return f"[{self.section.name}] #{self.index}"
+
+    def problem(self, message: str, key: str | None = None, severity: str = "error") -> Problem:
+        opt = self.p.option(key) if key else None
+        line, col = (opt.line, opt.col) if opt else (self.block.line, self.block.col + 1)
+        return Problem(f"{self.label}: {message}", self.path, line, col, severity)
+
+
+# Keys Darknet reads for every layer section (reference §6) plus netspec's training keys.
+COMMON_KEYS: dict[str, Key] = {
+    "learning_rate": Float(1.0, "multiplier on the global learning rate for this layer", training=True, min=0),
+    "lr_mult": Float(1.0, "netspec: same meaning as learning_rate", training=True, min=0),
+    "decay_mult": Float(1.0, "netspec: multiplier on weight decay", training=True, min=0),
+    "freeze": Flag(0, "netspec: no gradient, excluded from the optimizer", training=True),
+    "init": InitKey(None, "netspec: initializer of the weights", training=True),
+    "bias_init": InitKey(None, "netspec: initializer of the biases", training=True),
+    "bias_prob": Float(None, "netspec: bias prior -log((1-p)/p) for detection heads", training=True, min=0,
+                       max=1, min_open=True),
+    "stopbackward": Int(0, "backprop stops here; earlier layers are frozen", training=True, min=0),
+    "onlyforward": Flag(0, "skip this layer's backward", training=True),
+    "dont_update": Int(0, "GPU: no updates until iteration N", training=True, min=0),
+    "burnin_update": Int(0, "GPU: no updates while iteration < N*burn_in", training=True, min=0),
+    "train_only_bn": Flag(0, "this and earlier layers train only BN statistics", training=True),
+    "dontload": Flag(0, "skip this layer when loading .weights (without advancing the file)"),
+    "dontloadscales": Flag(0, "do not read BN scales/mean/variance from .weights"),
+    "clip": Float(0.0, "GPU: clamp weights to [-clip, clip] after each update", training=True, min=0),
+    "stream": Int(-1, "GPU stream plumbing (ignored on CPU)", training=True),
+    "wait_stream": Int(-1, "GPU stream plumbing (ignored on CPU)", training=True),
+}
+
+
+class Section:
+    """One Darknet section type.  Subclasses set the class attributes and override the hooks."""
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    keys: ClassVar[dict[str, Key]] = {}
+    refs: ClassVar[tuple[str, ...]] = ()  # keys whose values are layer references
+    reads_previous: ClassVar[bool] = True  # False: the layer ignores the previous layer's output
+    is_layer: ClassVar[bool] = True  # False only for [net]
+    supported: ClassVar[bool] = True
+    is_head: ClassVar[bool] = False  # [yolo], [region], ...: outputs of a detection network
+    ref_keys_not_read: ClassVar[tuple[str, ...]] = ()  # reference keys that are not forward inputs
+    unsupported_reason: ClassVar[str] = ""
+
+    def tensor_shape(self, spec: LayerSpec) -> tuple[int, ...]:
+        """Per-sample shape of the tensor the module returns (differs from ``out`` only for [region])."""
+        return spec.out_shape
+
+    def all_keys(self) -> dict[str, Key]:
+        return {**COMMON_KEYS, **self.keys} if self.is_layer else dict(self.keys)
+
+    def check(self, p: Params, ctx: Context) -> None:
+        """Cross-key validation and derived values (set new attributes on ``p``)."""
+
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
+        """Output shape and sizes from the input shapes (``inputs[0]`` is the previous layer's)."""
+        return Inference(inputs[0])
+
+    def module(self, spec: LayerSpec, ctx: BuildContext):
+        """The ``nn.Module`` that computes this layer."""
+        raise NotImplementedError(self.name)
+
+
+@dataclass
+class Context:
+    """What a section's ``check``/``infer`` may consult: the layer's index, [net], earlier layers."""
+
+    index: int
+    net: Params | None
+    specs: list  # earlier LayerSpecs
+    lenient: bool
+    warnings: list = field(default_factory=list)
+
+    def warn(self, message: str, key: str | None = None) -> None:
+        self.warnings.append((message, key))
+
+
+@dataclass
+class BuildContext:
+    """What a section's ``module`` may consult: all specs (for weight sharing) and build options."""
+
+    specs: list
+    net: Params
+    darknet_bugs: bool = True
+    modules: list = field(default_factory=list)  # modules built so far, by layer index
+    warnings: list = field(default_factory=list)
+
+    def activation(self, name: str, spec: LayerSpec):
+        """The function for ``activation=name`` in this layer; records a warning where Darknet differs."""
+        from .. import activations
+
+        fn, note = activations.resolve(name, spec.type, self.darknet_bugs)
+        if note:
+            self.warnings.append(spec.problem(note, "activation", "warning"))
+        return fn
+
+
+_REGISTRY: dict[str, Section] = {}
+
+
+def register(cls: type[Section]) -> type[Section]:
+    """Class decorator: make a section type known under its name and aliases."""
+    instance = cls()
+    for name in (cls.name, *cls.aliases):
+        if name in _REGISTRY:
+            raise RuntimeError(f"section name '{name}' registered twice")
+        _REGISTRY[name] = instance
+    return cls
+
+
+def registry() -> dict[str, Section]:
+    """Section name or alias → definition, with every built-in section type loaded."""
+    from . import load_all
+
+    load_all()
+    return _REGISTRY
+
+
+def conv_out(size_in: int, pad_total: int, kernel: int, stride: int) -> int:
+    """Darknet's output-size rule ``(in + pad_total - kernel) // stride + 1`` (floor division)."""
+    return (size_in + pad_total - kernel) // stride + 1

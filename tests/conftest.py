@@ -1,0 +1,30 @@
+"""Shared fixtures: where ../shared is (tests that need it skip cleanly without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("NETSPEC_SHARED", REPO.parent / "shared"))
+DARKNET_CFGS = SHARED / "darknet-cfgs"
+CONFORMANCE = SHARED / "conformance"
+CFGS = REPO / "cfgs"
+
+
+def need_shared(path: Path = SHARED) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not present (the Darknet reference data lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def darknet_cfgs() -> Path:
+    return need_shared(DARKNET_CFGS)
+
+
+@pytest.fixture
+def conformance() -> Path:
+    return need_shared(CONFORMANCE)
