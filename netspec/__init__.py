@@ -22,6 +22,8 @@ _LAZY = {
     "Limits": "netspec.specs",
     "NetSpec": "netspec.specs",
     "Document": "netspec.document",
+    "load_darknet_weights": "netspec.weights",
+    "save_darknet_weights": "netspec.weights",
 }
 
 __all__ = ["CfgError", "CheckpointError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]

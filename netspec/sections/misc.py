@@ -172,8 +172,7 @@ class Implicit(nn.Module):
 
 @register
 class ImplicitSection(Section):
-    name = "implicit"
-    reads_previous = False
+    name = "implicit"  # reads the previous output only for its batch size
     keys = {"filters": Int(128, "channels", min=1), "atoms": Int(1, "height", min=1),
             "mean": Float(0.0, "init mean", **_T), "std": Float(0.2, "init spread", min=0, **_T)}
 
