@@ -290,7 +290,7 @@ def check_init_call(call: Call) -> str | None:
     if len(call.args) > len(names):
         return f"{call.name}() takes at most {len(names)} argument(s)"
     given = set(names[: len(call.args)])
-    for name, value in call.kwargs:
+    for name, _ in call.kwargs:
         if name not in names:
             return f"{call.name}() has no argument '{name}'{did_you_mean(name, names)}"
         if name in given:

@@ -222,8 +222,8 @@ class ScaleChannels(Section):
         src = getattr(p, "from")
         if p.scale_wh:
             if c != 1 or (h, w) != (fh, fw):
-                raise SpecError(f"scale_wh=1 needs the previous layer to be 1x{fh}x{fw} (c x h x w), got {_fmt(inputs[0])}",
-                                "scale_wh")
+                raise SpecError(f"scale_wh=1 needs the previous layer to be 1x{fh}x{fw} (c x h x w), got "
+                                f"{_fmt(inputs[0])}", "scale_wh")
         elif (h, w) != (1, 1) or c != fc:
             raise SpecError(f"the previous layer must be {fc}x1x1 (c x h x w) to scale the channels of layer {src}, "
                             f"got {_fmt(inputs[0])}", "from")
