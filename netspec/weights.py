@@ -93,7 +93,7 @@ def read_header(data: bytes | memoryview, path: str) -> DarknetHeader:
     if len(data) < 12:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a Darknet .weights header (16 or 20 bytes)")
     major, minor, revision = struct.unpack_from("<iii", data, 0)
-    plain = 0 <= major < 10 and 0 <= minor < 100
+    plain = major in (0, 1) and 0 <= minor <= 9  # every Darknet fork writes 0.1.x or 0.2.x
     transposed = (1000 < major < 1100 or 1000 < minor < 1100) and major >= 0 and minor >= 0
     if not (plain or transposed) or revision < 0:
         raise WeightsError(f"{path}: unsupported header version {major}.{minor}.{revision}; this is not a Darknet "
