@@ -22,6 +22,8 @@ _LAZY = {
     "Limits": "netspec.specs",
     "NetSpec": "netspec.specs",
     "Document": "netspec.document",
+    "init_weights": "netspec.init",
+    "detect": "netspec.detection",
     "load_darknet_weights": "netspec.weights",
     "save_darknet_weights": "netspec.weights",
 }
