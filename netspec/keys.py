@@ -126,6 +126,8 @@ class Float(Key):
                 warn(f"'{key}={text}' is not a number; read as {value} like Darknet's atof", item.col)
             else:
                 raise KeyValueError(f"'{key}' must be a number, got {text!r}", item.line, item.col) from None
+        if not math.isfinite(value):  # 'inf' (or 'nan' read leniently) would poison every computation
+            raise KeyValueError(f"'{key}' must be a finite number, got {text!r}", item.line, item.col)
         if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
             op = ">" if self.min_open else ">="
             raise KeyValueError(f"'{key}={text}' is out of range (must be {op} {self.min:g})", item.line, item.col)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 from .document import Block, Call, Document, Item, Option
@@ -95,7 +96,7 @@ def _describe_token(token) -> str:
 
 _EXPECTED_WORDS = {"_NL": "end of line", "KEY": "a key", "__ANON_0": "'='", "EQUAL": "'='",
                    "NUMBER": "a value", "WORD": "a value", "LSQB": "'['", "RSQB": "']'",
-                   "SECTION": "a section name", "_COMMA": "','", "_RPAR": "')'", "_LPAR": "'('"}
+                   "SECTION": "a section name", "COMMA": "','", "RPAR": "')'", "_LPAR": "'('"}
 
 
 def _syntax_problem(exc, path: str | None, lines: list[str]) -> Problem:
@@ -142,7 +143,8 @@ def _decode(data: bytes, path: str | None) -> str:
     except UnicodeDecodeError as exc:
         before = data[: exc.start]
         line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        # the column counts characters, not bytes, like every other position netspec reports
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
         raise CfgError(Problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", path, line, col)) from None
     return text
 
@@ -161,17 +163,22 @@ def parse_text(text: str, path: str | None = None) -> Document:
 
     if text.startswith("\ufeff"):
         text = text[1:]
+    # Lark counts lines at '\n' only: a lone '\r' (old Mac line end) becomes '\n' so that positions
+    # stay right.  Same length, so offsets into ``text`` are unchanged.
+    text = _LONE_CR.sub("\n", text)
     _check_text(text, path)
     parser = _lark()
     problems: list[Problem] = []
     work = text
-    lines = text.splitlines() or [""]
+    lines = _split_lines(text)
     while True:
         try:
             result = parser.parse(work)
             break
         except UnexpectedInput as exc:
             problem = _syntax_problem(exc, path, lines)
+            if problem in problems:  # blanking did not move past it: stop rather than repeat it
+                break
             problems.append(problem)
             if len(problems) >= MAX_SYNTAX_ERRORS or problem.line is None:
                 break
@@ -184,15 +191,23 @@ def parse_text(text: str, path: str | None = None) -> Document:
     return _document(result, text, path)
 
 
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _split_lines(text: str) -> list[str]:
+    """The lines as Lark numbers them (split at '\n' only, unlike str.splitlines), without line ends."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def _blank_line(text: str, line_no: int) -> str:
     """``text`` with line ``line_no`` replaced by spaces (positions of other lines unchanged)."""
-    lines = text.splitlines(keepends=True)
+    lines = text.split("\n")
     if not 0 < line_no <= len(lines):
         return text
     line = lines[line_no - 1]
-    body = line.rstrip("\r\n")
+    body = line[:-1] if line.endswith("\r") else line
     lines[line_no - 1] = " " * len(body) + line[len(body):]
-    return "".join(lines)
+    return "\n".join(lines)
 
 
 def _document(lines, text: str, path: str | None) -> Document:
@@ -255,6 +270,9 @@ def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
 
 
 def _looks_like_path(source: str) -> bool:
+    # '' is empty cfg text (reported as "no sections"), not a file named ''
+    if not source.strip():
+        return False
     return "\n" not in source and "\r" not in source and "[" not in source and "=" not in source
 
 

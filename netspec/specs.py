@@ -161,18 +161,22 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         raise CfgError(Problem("the cfg has no sections; it must start with [net]", document.path, 1, 1))
     first = blocks[0]
     net_section = sections["net"]
+    misspelt_net = first.section.lower() in ("net", "network")
     if first.section not in ("net", "network"):
-        hint = " (Darknet matches section names case-sensitively)" if first.section.lower() in (
-            "net", "network") else ""
+        hint = " (Darknet matches section names case-sensitively)" if misspelt_net else ""
         out.add(f"the first section must be [net] or [network], not [{first.section}]{hint}", first.line,
                 first.col + 1)
-        net = _convert_block(Block("net", first.line, first.col), net_section, None, out)
-        layer_blocks = blocks if first.section.lower() not in ("net", "network") else blocks[1:]
+        # '[Net]' still holds the net's keys; a file that starts with a layer has none, and reporting
+        # its missing width/height/channels would only repeat the error above.
+        net = _convert_block(first if misspelt_net else Block("net", first.line, first.col), net_section, None,
+                             out)
+        layer_blocks = blocks[1:] if misspelt_net else blocks
     else:
         net = _convert_block(first, net_section, None, out)
         layer_blocks = blocks[1:]
+    starts_with_a_layer = first.section not in ("net", "network") and not misspelt_net
     input_shape = None
-    if net is not None:
+    if net is not None and not starts_with_a_layer:
         if width is not None:
             net.width = width
         if height is not None:
@@ -181,6 +185,10 @@ def build_specs(document: Document, width: int | None = None, height: int | None
             net.channels = channels
         try:
             input_shape = net_section.input_shape(net)
+        except SpecError as exc:
+            _report(exc, net, first, "[net]", out)
+        try:
+            net_section.check(net, Context(-1, net, [], out.lenient))
         except SpecError as exc:
             _report(exc, net, first, "[net]", out)
     if len(layer_blocks) > limits.max_layers:

@@ -66,6 +66,20 @@ class Net(Section):
         }.items()},
     }
 
+    def check(self, p: Params, ctx) -> None:
+        # Darknet stops on policy=steps without steps/scales, and reads past the end of scales (a crash)
+        # when it has fewer values than steps.
+        if p.policy == "steps":
+            for key in ("steps", "scales"):
+                if not p.given(key):
+                    raise SpecError(f"policy=steps needs both steps= and scales= (missing {key}=)", "policy")
+        if p.policy in ("steps", "sgdr") and p.steps is not None:
+            for key in ("scales", "seq_scales"):
+                values = getattr(p, key)
+                if values is not None and len(values) < len(p.steps):
+                    raise SpecError(f"{key}= has {len(values)} value(s) but steps= has {len(p.steps)}: give one "
+                                    f"{key[:-1]} per step", key)
+
     def input_shape(self, p: Params) -> tuple[int, int, int]:
         """``(c, h, w)`` of the network input; non-image nets use ``inputs=`` as ``(inputs, 1, 1)``."""
         if p.width and p.height and p.channels:
