@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,76 +117,106 @@ def load_darknet_weights(net, path: str | os.PathLike, upto: int | None = None, 
     A file that ends exactly at a layer boundary loads the layers up to there (backbones such as
     ``yolov4.conv.137``) and says so in the report.  A file that ends inside a record, or has bytes
     left after the last record, is a :class:`WeightsError` saying how many floats the cfg needs, how
-    many the file has and in which layer they part; ``strict=False`` accepts both like Darknet (reads
-    what there is, ignores the rest) and lists them in ``report.warnings``.  NaN or Inf values are an
-    error unless ``allow_nonfinite``.
+    many the file has and in which layer they part (raised before any weight is changed);
+    ``strict=False`` accepts both like Darknet (reads what there is, ignores the rest) and lists them
+    in ``report.warnings``.  NaN or Inf values are an error unless ``allow_nonfinite``.
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            raw = bytearray(fh.read())
+        fh = open(path, "rb")
     except IsADirectoryError:
         raise WeightsError(f"{path}: is a directory, not a .weights file") from None
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    header = read_header(raw, path)
-    body_bytes = len(raw) - header.size
-    remainder = body_bytes % 4
-    floats = np.frombuffer(raw, dtype="<f4", count=body_bytes // 4, offset=header.size)
-    total = floats.size
-    records = list(_records(net, upto))
-    needed = sum(t.numel() for _, _, rec in records for t, _ in rec)
-    warnings: list[str] = []
-    offset = 0
-    loaded = 0
-    last_layer = -1
+    with fh:
+        file_size = os.fstat(fh.fileno()).st_size
+        header = read_header(fh.read(20), path)
+        fh.seek(header.size)
+        body_bytes = file_size - header.size
+        total = body_bytes // 4
+        records = list(_records(net, upto))
+        plan, warnings, complete = _plan_load(records, total, path, strict)
+        loaded = 0
+        last_layer = -1
+        with torch.no_grad():
+            for index, spec, record in plan:
+                if not _read_record(fh, record, header.transposed) == sum(t.numel() for t, _ in record):
+                    raise WeightsError(f"{path}: the file changed while it was read ({_describe(spec)})")
+                if not allow_nonfinite:
+                    _check_finite(record, spec, path)
+                loaded += 1
+                last_layer = index
+    offset = sum(t.numel() for _, _, record in plan for t, _ in record)
     n_layers = len(net.layers) if upto is None else min(upto, len(net.layers))
-    complete = True
-    with torch.no_grad():
-        for index, spec, record in records:
-            size = sum(t.numel() for t, _ in record)
-            if offset == total:
-                complete = False
-                break
-            if offset + size > total:
-                message = (f"{path}: the file ends inside the record of {_describe(spec)}: the cfg needs {needed:,} "
-                           f"floats, the file has {total:,} (this layer needs {size:,} from float {offset:,})")
-                if strict:
-                    raise WeightsError(message)
-                warnings.append(message)
-                complete = False
-                break
-            values = floats[offset:offset + size]
-            if not allow_nonfinite and not np.isfinite(values).all():
-                bad = int(np.count_nonzero(~np.isfinite(values)))
-                raise WeightsError(f"{path}: {bad} NaN/Inf value(s) in the record of {_describe(spec)} "
-                                   "(pass allow_nonfinite=True / --allow-nonfinite to accept them)")
-            for tensor, layout in record:
-                n = tensor.numel()
-                chunk = torch.from_numpy(values[:n])
-                stored = _stored_shape(tensor, layout, header.transposed)
-                chunk = chunk.view(stored).t() if stored else chunk.view(tensor.shape)
-                tensor.copy_(chunk.reshape(tensor.shape))
-                values = values[n:]
-            offset += size
-            loaded += 1
-            last_layer = index
     if complete:
         last_layer = n_layers - 1
     else:
         warnings.append(f"{path}: the file ends after layer {last_layer}; layers {last_layer + 1}..{n_layers - 1} keep "
                         "their initial weights")
-    leftover = total - offset
-    if complete and (leftover or remainder):
-        message = (f"{path}: {leftover * 4 + remainder:,} bytes left after the last record: the cfg needs {needed:,} "
-                   f"floats, the file has {total:,}" + (f" and {remainder} odd bytes" if remainder else "")
+    leftover_bytes = body_bytes - offset * 4
+    if complete and leftover_bytes and upto is None:
+        needed = offset
+        message = (f"{path}: {leftover_bytes:,} bytes left after the last record: the cfg needs {needed:,} floats, "
+                   f"the file has {total:,}" + (f" and {body_bytes % 4} odd bytes" if body_bytes % 4 else "")
                    + " (wrong cfg for this file?)")
-        if strict and upto is None:
+        if strict:
             raise WeightsError(message)
-        if upto is None:
-            warnings.append(message)
+        warnings.append(message)
     net.darknet_header = header
     return LoadReport(path, header, loaded, last_layer, offset, total, complete, warnings)
+
+
+def _plan_load(records, total: int, path: str, strict: bool):
+    """The records the file holds completely, warnings, and whether every record is there.
+
+    Decided from the file size alone, so a damaged file is reported before any weight changes."""
+    needed = sum(t.numel() for _, _, rec in records for t, _ in rec)
+    offset = 0
+    for i, (_, spec, record) in enumerate(records):
+        size = sum(t.numel() for t, _ in record)
+        if offset == total:
+            return records[:i], [], False
+        if offset + size > total:
+            message = (f"{path}: the file ends inside the record of {_describe(spec)}: the cfg needs {needed:,} "
+                       f"floats, the file has {total:,} (this layer needs {size:,} from float {offset:,})")
+            if strict:
+                raise WeightsError(message)
+            return records[:i], [message], False
+        offset += size
+    return records, [], True
+
+
+def _read_record(fh, record, transposed_file: bool) -> int:
+    """Read one record straight from the file into the tensors' memory; returns the floats read."""
+    count = 0
+    for tensor, layout in record:
+        stored = _stored_shape(tensor, layout, transposed_file)
+        direct = (stored is None and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+                  and tensor.is_contiguous() and sys.byteorder == "little")
+        target = tensor if direct else torch.empty(stored or tensor.shape, dtype=torch.float32)
+        view = memoryview(target.detach().numpy()).cast("B")
+        got = fh.readinto(view)
+        if got != view.nbytes:
+            return count + got // 4
+        if not direct:
+            source = target.t() if stored else target
+            tensor.copy_(source.reshape(tensor.shape))
+        count += tensor.numel()
+    return count
+
+
+def _check_finite(record, spec, path: str) -> None:
+    # One cheap reduction per tensor; only a non-finite sum needs the exact count.
+    # (numpy, single-threaded: torch's threaded reductions stall when the machine is busy)
+    for tensor, _ in record:
+        values = tensor.detach().cpu().numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = values.sum()
+        if not np.isfinite(total):
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            if bad:
+                raise WeightsError(f"{path}: {bad} NaN/Inf value(s) in the record of {_describe(spec)} "
+                                   "(pass allow_nonfinite=True / --allow-nonfinite to accept them)")
 
 
 def darknet_weights_bytes(net, upto: int | None = None, header: DarknetHeader | None = None) -> bytes:

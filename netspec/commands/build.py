@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..builder import build
 from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
@@ -12,11 +13,23 @@ from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cfg_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print Network.summary() as JSON")
+    parser.add_argument("--weights", metavar="FILE", help="load a Darknet .weights file (a backbone such as "
+                        "yolov4.conv.137 loads up to where it ends); with --lenient, short or long files are "
+                        "accepted like Darknet does")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
 
 
 def run(args: argparse.Namespace) -> int:
     net = build(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient, limits=limits_from(args))
     print_warnings(net.warnings)
+    if args.weights:
+        from ..weights import load_darknet_weights
+
+        report = load_darknet_weights(net, args.weights, strict=not args.lenient,
+                                      allow_nonfinite=args.allow_nonfinite)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(str(report), file=sys.stderr)
     if args.json:
         print(json.dumps(net.summary(), indent=1))
     else:
