@@ -157,6 +157,7 @@ class Choice(Key):
 
     choices: tuple[str, ...] = ()
     aliases: dict | None = None
+    lenient_fallback: str | None = None  # what Darknet uses for an unknown name (lenient mode only)
     kind = "name"
 
     def convert(self, option: Option, lenient: bool, warn) -> str:
@@ -166,6 +167,10 @@ class Choice(Key):
             return text
         if self.aliases and text in self.aliases:
             return self.aliases[text]
+        if lenient and self.lenient_fallback is not None:
+            warn(f"unknown {option.key} '{text}'{did_you_mean(text, self.choices)}; using "
+                 f"{self.lenient_fallback} as Darknet does", item.col)
+            return self.lenient_fallback
         raise KeyValueError(f"'{option.key}={text}' is not one of {', '.join(self.choices)}"
                             f"{did_you_mean(text, self.choices)}", item.line, item.col)
 

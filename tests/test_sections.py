@@ -232,3 +232,27 @@ def test_share_index_parameters_appear_once():
 def test_recurrent_sections_are_rejected_clearly():
     with pytest.raises(netspec.CfgError, match=r":5:2: \[lstm\] #0: \[lstm\] is not supported yet"):
         netspec.build("[net]\ninputs=4\n\n\n[lstm]\noutput=4\n")
+
+
+def test_binary_weights_follow_darknet_cpu_unless_asked():
+    body = "[convolutional]\nfilters=2\nsize=1\nbinary=1\nactivation=linear\n"
+    x = torch.rand(1, 4, 4, 6)
+    cpu = net_of(body)
+    assert any("ignores binary=1" in str(w) for w in cpu.warnings)
+    (y,) = run(cpu, x)
+    conv = cpu.layers[0].conv
+    assert torch.allclose(y, torch.nn.functional.conv2d(x, conv.weight, conv.bias))
+    real = net_of(body, darknet_bugs=False)
+    (y,) = run(real, x)
+    w = real.layers[0].conv.weight
+    wb = torch.sign(w) * w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(y, torch.nn.functional.conv2d(x, wb, real.layers[0].conv.bias), atol=1e-6)
+
+
+def test_unknown_activation_is_an_error_or_relu_when_lenient():
+    body = "[convolutional]\nfilters=2\nsize=1\nactivation=leakey\n"
+    with pytest.raises(netspec.CfgError, match="did you mean 'leaky'"):
+        net_of(body)
+    net = net_of(body, strict=False)
+    assert net.layers[0].activation == "relu"
+    assert any("using relu as Darknet does" in str(w) for w in net.warnings)

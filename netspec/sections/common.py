@@ -14,7 +14,7 @@ BN_MOMENTUM = 0.01  # Darknet's GPU rolling-statistics update rate (reference §
 
 
 def activation_key(default: str, doc: str = "activation function") -> Choice:
-    return Choice(default, doc, choices=activations.NAMES)
+    return Choice(default, doc, choices=activations.NAMES, lenient_fallback="relu")
 
 
 def batchnorm2d(channels: int) -> nn.BatchNorm2d:

@@ -19,9 +19,10 @@ class ConvLayer(nn.Module):
     def __init__(self, in_channels: int, filters: int, size: int, stride: tuple[int, int], padding: int,
                  dilation: int, groups: int, batch_normalize: bool, activation: str, act_fn,
                  antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1), share: ConvLayer | None = None,
-                 flipped: bool = False, xnor: bool = False) -> None:
+                 flipped: bool = False, xnor: bool = False, binary: bool = False) -> None:
         super().__init__()
         self.xnor = xnor
+        self.binary = binary
         self.activation = activation
         self.act_fn = act_fn
         self.flipped = flipped
@@ -44,8 +45,8 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         src = self.source
-        if self.xnor:
-            return self._forward_xnor(x, src)
+        if self.xnor or self.binary:
+            return self._forward_binary(x, src)
         if src is self:
             x = self.conv(x)
             if self.bn is not None:
@@ -61,13 +62,14 @@ class ConvLayer(nn.Module):
             x = self.blur(x)
         return x
 
-    def _forward_xnor(self, x: torch.Tensor, src: ConvLayer) -> torch.Tensor:
-        # XNOR: inputs binarized to +-1, each filter's weights to sign(w) * mean|w| (Darknet's
-        # binarize_cpu / binarize_weights), then the usual BN and activation.
+    def _forward_binary(self, x: torch.Tensor, src: ConvLayer) -> torch.Tensor:
+        # Each filter's weights become sign(w) * mean|w| (Darknet's binarize_weights); with xnor the
+        # inputs are binarized to +-1 as well (binarize_cpu).  Then the usual BN and activation.
         w = src.conv.weight
         scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
         w = torch.where(w > 0, scale, -scale)
-        x = torch.where(x > 0, 1.0, -1.0).to(w.dtype)
+        if self.xnor:
+            x = torch.where(x > 0, 1.0, -1.0).to(w.dtype)
         x = F.conv2d(x, w, src.conv.bias, self.stride, self.padding, self.dilation, self.groups)
         if src.bn is not None:
             bn = src.bn
@@ -184,6 +186,16 @@ class Convolutional(Section):
         floats = 0 if shared else nweights + (4 * n if p.batch_normalize else n)
         return Inference(real, params, floats, bflops, darknet_out=out if p.antialiasing else None)
 
+    @staticmethod
+    def _binary(p: Params, spec: LayerSpec, ctx: BuildContext) -> bool:
+        if not p.binary or p.xnor:
+            return False
+        if ctx.darknet_bugs:
+            ctx.warnings.append(spec.problem("Darknet's CPU forward ignores binary=1; netspec matches it (build with "
+                                             "darknet_bugs=False to binarize the weights)", "binary", "warning"))
+            return False
+        return True
+
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
         act_fn = ctx.activation(p.activation, spec)
@@ -191,4 +203,4 @@ class Convolutional(Section):
         stride = (1, 1) if p.antialiasing else (p.sy, p.sx)
         return ConvLayer(spec.in_shape[0], p.filters, p.size, stride, p.pad_px, p.dilation, p.groups,
                          bool(p.batch_normalize), p.activation, act_fn, p.antialiasing, (p.sy, p.sx), share,
-                         bool(p.flipped), bool(p.xnor))
+                         bool(p.flipped), bool(p.xnor), self._binary(p, spec, ctx))
