@@ -256,3 +256,14 @@ def test_unknown_activation_is_an_error_or_relu_when_lenient():
     net = net_of(body, strict=False)
     assert net.layers[0].activation == "relu"
     assert any("using relu as Darknet does" in str(w) for w in net.warnings)
+
+
+def test_softmax_spatial_is_ignored_like_darknet_cpu_unless_asked():
+    body = "[softmax]\nspatial=1\n"
+    x = torch.randn(1, 4, 4, 6)
+    cpu = net_of(body)
+    assert any("ignores spatial=1" in str(w) for w in cpu.warnings)
+    (y,) = run(cpu, x)
+    assert torch.allclose(y.flatten(), torch.softmax(x.flatten(), 0))
+    (y,) = run(net_of(body, darknet_bugs=False), x)
+    assert torch.allclose(y, torch.softmax(x, 1))

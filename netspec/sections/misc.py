@@ -252,13 +252,17 @@ class Contrastive(Section):
 class Softmax(nn.Module):
     """Softmax over each of ``groups`` contiguous chunks of the flat per-sample input (or tree groups)."""
 
-    def __init__(self, groups: int, temperature: float, tree: list[tuple[int, int]] | None) -> None:
+    def __init__(self, groups: int, temperature: float, tree: list[tuple[int, int]] | None,
+                 spatial: bool = False) -> None:
         super().__init__()
         self.groups = groups
         self.temperature = temperature
         self.tree = tree
+        self.spatial = spatial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spatial:  # Darknet's GPU path: per pixel across channels, temperature ignored
+            return torch.softmax(x, dim=1)
         b = x.shape[0]
         flat = x.reshape(b, -1)
         if self.tree is not None:
@@ -283,13 +287,16 @@ class SoftmaxSection(Section):
         c, h, w = inputs[0]
         if (c * h * w) % p.groups:
             raise SpecError(f"groups={p.groups} does not divide the {c * h * w} input values", "groups")
-        if p.spatial:
-            ctx.warn("spatial=1 is ignored, as on Darknet's CPU path (softmax runs over the flat input)", "spatial")
         return Inference(inputs[0], darknet_out=(0, 0, 0))
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
-        return Softmax(p.groups, p.temperature, load_tree(spec, ctx))
+        spatial = bool(p.spatial) and not ctx.darknet_bugs
+        if p.spatial and ctx.darknet_bugs:
+            ctx.warnings.append(spec.problem("Darknet's CPU forward ignores spatial=1 (softmax over the flat input); "
+                                             "netspec matches it (darknet_bugs=False: per-pixel softmax)", "spatial",
+                                             "warning"))
+        return Softmax(p.groups, p.temperature, load_tree(spec, ctx), spatial)
 
 
 class LocalConv(nn.Module):
