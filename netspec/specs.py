@@ -201,7 +201,10 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         label = _label(block.section, index)
         section = sections.get(block.section)
         if section is None or not section.is_layer:
-            if block.section in ("net", "network"):
+            if block.section in ("net", "network") and starts_with_a_layer and not any(
+                    b.section in ("net", "network") for b in layer_blocks[:index]):
+                msg = f"[{block.section}] #{index}: [{block.section}] must be the first section, before every layer"
+            elif block.section in ("net", "network"):
                 msg = f"[{block.section}] #{index}: a second [{block.section}] section; only the first section " \
                       "may be [net]"
             else:
