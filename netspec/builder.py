@@ -17,18 +17,26 @@ def build_spec(source, width: int | None = None, height: int | None = None, stri
 
 
 def build(source: str | os.PathLike, width: int | None = None, height: int | None = None, strict: bool = True, *,
-          channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None):
+          channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None,
+          seed: int | None = 0):
     """Build a :class:`~netspec.network.Network` from a cfg path or cfg text.
 
     ``width``/``height`` override ``[net]``; ``strict=False`` turns Darknet-tolerated mistakes
     (unknown or duplicate keys, stray commas) into warnings; ``darknet_bugs`` reproduces Darknet's
     CPU output where it differs from the intended function (see the README).
+    ``seed`` initializes the weights reproducibly with :func:`netspec.init_weights` (``None``: keep
+    PyTorch's default initialization, e.g. when weights are loaded right after).
     Raises :class:`CfgError` listing every problem found.
     """
     from .network import assemble
 
     spec = build_spec(source, width, height, strict, channels=channels, limits=limits)
-    return assemble(spec, darknet_bugs=darknet_bugs)
+    net = assemble(spec, darknet_bugs=darknet_bugs)
+    if seed is not None:
+        from .init import init_weights
+
+        init_weights(net, seed)
+    return net
 
 
 __all__ = ["CfgError", "build", "build_spec"]

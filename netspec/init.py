@@ -1,0 +1,262 @@
+"""Weight initialization: Darknet's scheme by default, per-block ``init=``/``bias_init=``/``bias_prob=``.
+
+Which scheme a tensor gets (highest first):
+
+* weights: the block's ``init=``, else ``[net] init=`` (conv, connected and local weights only; shortcut and
+  implicit weights keep their Darknet start unless their own block says otherwise), else Darknet's scheme;
+* biases (the block's Darknet ``biases``: the conv/connected bias, or the BN shift when the block has
+  ``batch_normalize=1``): the block's ``bias_prob=`` (``-log((1-p)/p)``, the focal-loss prior) or
+  ``bias_init=``, else ``[net] bias_init=``, else 0;
+* BN: scale 1, shift 0 (unless a bias rule above applies), running mean 0, running variance 1.
+
+Darknet allocates its rolling variance with zeros; netspec starts it at 1 (PyTorch's convention) so an
+untrained net run in eval mode normalizes by 1 instead of dividing by ``sqrt(1e-5)``.  Training replaces
+either start within a few hundred steps.
+
+Every parameter draws from its own generator, seeded from ``seed`` and a name that does not depend on
+how many blocks come before it: the block's position counted from the end of the cfg, its section and the
+tensor's role.  Prepending blocks (or resizing an earlier block) therefore leaves a block's values unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn as nn
+
+from .activations import NEGATIVE_SLOPE
+from .errors import CfgError
+from .keys import init_arguments
+
+# Activation -> gain for kaiming init without an explicit ``a``: the ReLU family uses sqrt(2) (like
+# torch's calculate_gain('relu')), tanh 5/3, selu 3/4; anything else (linear, logistic...) 1.
+_RELU_LIKE = {"relu", "relu6", "elu", "gelu", "swish", "mish", "hard_mish", "ramp", "relie"}
+_GAINS = {"tanh": 5.0 / 3, "selu": 0.75, "lhtan": 1.0, "hardtan": 1.0}
+
+
+def activation_gain(activation: str | None, a: float | None = None) -> float:
+    """Kaiming gain for a block's activation; ``a`` (negative slope) overrides the activation's own."""
+    if a is not None:
+        return math.sqrt(2.0 / (1.0 + a * a))
+    if activation in NEGATIVE_SLOPE:
+        slope = NEGATIVE_SLOPE[activation]
+        return math.sqrt(2.0 / (1.0 + slope * slope))
+    if activation in _RELU_LIKE:
+        return math.sqrt(2.0)
+    return _GAINS.get(activation or "", 1.0)
+
+
+def generator_for(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and ``name`` only."""
+    digest = hashlib.sha256(f"{int(seed)}\0{name}".encode()).digest()
+    gen = torch.Generator()
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return gen
+
+
+class _Target:
+    """One tensor to initialize and what it is: role 'weight', 'bias', 'bn_scale', 'bn_shift', 'bn_stats',
+    'shortcut' or 'implicit'; ``fans`` = (fan_in, fan_out) for weights."""
+
+    __slots__ = ("suffix", "tensor", "role", "fans", "kind", "module")
+
+    def __init__(self, suffix, tensor, role, fans=None, kind="", module=None):
+        self.suffix, self.tensor, self.role, self.fans, self.kind, self.module = suffix, tensor, role, fans, kind, module
+
+
+def _bn_targets(prefix: str, bn: nn.Module | None, shift_is_bias: bool) -> list[_Target]:
+    if bn is None:
+        return []
+    return [_Target(f"{prefix}.weight", bn.weight, "bn_scale"),
+            _Target(f"{prefix}.bias", bn.bias, "bias" if shift_is_bias else "bn_shift"),
+            _Target(prefix, bn, "bn_stats")]
+
+
+def _targets(layer: nn.Module) -> list[_Target]:
+    """The tensors of one layer module, by what Darknet's initializer does with them."""
+    out: list[_Target] = []
+    conv = getattr(layer, "conv", None)
+    if isinstance(conv, nn.Conv2d) and not getattr(layer, "_share", ()):
+        w = conv.weight
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        out.append(_Target("conv.weight", w, "weight", (fan_in, w.shape[0] * w.shape[2] * w.shape[3]), "conv"))
+        if conv.bias is not None:
+            out.append(_Target("conv.bias", conv.bias, "bias"))
+        out += _bn_targets("bn", getattr(layer, "bn", None), shift_is_bias=True)
+        return out
+    linear = getattr(layer, "linear", None)
+    if isinstance(linear, nn.Linear):
+        w = linear.weight
+        out.append(_Target("linear.weight", w, "weight", (w.shape[1], w.shape[0]), "connected"))
+        if linear.bias is not None:
+            out.append(_Target("linear.bias", linear.bias, "bias"))
+        out += _bn_targets("bn", getattr(layer, "bn", None), shift_is_bias=True)
+        return out
+    kind = type(layer).__name__
+    if kind == "LocalConv":
+        w = layer.weight  # (locations, filters, c*size*size)
+        out.append(_Target("weight", w, "weight", (w.shape[2], w.shape[1] * layer.size * layer.size), "local"))
+        out.append(_Target("bias", layer.bias, "bias"))
+        return out
+    if kind == "Shortcut":
+        if layer.weight is not None:
+            out.append(_Target("weight", layer.weight, "shortcut", (1, 1), "shortcut"))
+        return out
+    if kind == "Implicit":
+        out.append(_Target("weight", layer.weight, "implicit", (1, 1), "implicit", layer))
+        return out
+    bn = getattr(layer, "bn", None)
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm):  # the [batchnorm] section
+        return _bn_targets("bn", bn, shift_is_bias=True)
+    return out
+
+
+def _problem(spec, key: str, message: str) -> CfgError:
+    return CfgError([spec.problem(message, key)])
+
+
+def _orthogonal_(tensor: torch.Tensor, gain: float, gen: torch.Generator) -> None:
+    """Orthogonal rows (or columns) for each matrix in ``tensor`` viewed as (batch, rows, cols)."""
+    mats = tensor.reshape(-1, tensor.shape[-2], tensor.shape[-1]) if tensor.dim() == 3 else \
+        tensor.reshape(1, tensor.shape[0], -1)
+    for i in range(mats.shape[0]):
+        rows, cols = mats.shape[1], mats.shape[2]
+        flat = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
+        q, r = torch.linalg.qr(flat)
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+        if rows < cols:
+            q = q.T
+        mats[i].copy_(gain * q[:rows, :cols])
+
+
+def _trunc_normal_(tensor: torch.Tensor, mean: float, std: float, a: float, b: float,
+                   gen: torch.Generator) -> None:
+    # Inverse-CDF sampling: uniform between the CDF values of the bounds, mapped back through erfinv.
+    def cdf(x: float) -> float:
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    lo, hi = cdf((a - mean) / std), cdf((b - mean) / std)
+    tensor.uniform_(2 * lo - 1, 2 * hi - 1, generator=gen)
+    tensor.erfinv_().mul_(std * math.sqrt(2.0)).add_(mean).clamp_(min=a, max=b)
+
+
+def apply_scheme(tensor: torch.Tensor, call, fans: tuple[int, int], activation: str | None,
+                 gen: torch.Generator) -> None:
+    """Fill ``tensor`` in place with ``call`` (an init :class:`~netspec.document.Call`)."""
+    name = call.name
+    args = init_arguments(call)
+    fan_in, fan_out = fans
+    if name == "darknet":
+        scale = math.sqrt(2.0 / fan_in)
+        tensor.uniform_(-scale, scale, generator=gen)
+    elif name in ("kaiming_normal", "kaiming_uniform"):
+        a = args.get("a")
+        gain = activation_gain(activation, None if a is None else float(a))
+        fan = fan_out if args.get("mode") == "fan_out" else fan_in
+        std = gain / math.sqrt(fan)
+        if name == "kaiming_normal":
+            tensor.normal_(0.0, std, generator=gen)
+        else:
+            bound = math.sqrt(3.0) * std
+            tensor.uniform_(-bound, bound, generator=gen)
+    elif name in ("xavier_normal", "xavier_uniform"):
+        std = float(args.get("gain", 1.0)) * math.sqrt(2.0 / (fan_in + fan_out))
+        if name == "xavier_normal":
+            tensor.normal_(0.0, std, generator=gen)
+        else:
+            bound = math.sqrt(3.0) * std
+            tensor.uniform_(-bound, bound, generator=gen)
+    elif name == "normal":
+        tensor.normal_(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), generator=gen)
+    elif name == "trunc_normal":
+        mean, std = float(args.get("mean", 0.0)), float(args.get("std", 1.0))
+        _trunc_normal_(tensor, mean, std, float(args.get("a", mean - 2 * std)), float(args.get("b", mean + 2 * std)),
+                       gen)
+    elif name == "uniform":
+        tensor.uniform_(float(args.get("a", 0.0)), float(args.get("b", 1.0)), generator=gen)
+    elif name == "orthogonal":
+        if tensor.dim() < 2:
+            tensor.normal_(0.0, 1.0, generator=gen)
+        else:
+            _orthogonal_(tensor, float(args.get("gain", 1.0)), gen)
+    elif name == "constant":
+        tensor.fill_(float(args["value"]))
+    elif name == "zeros":
+        tensor.zero_()
+    elif name == "ones":
+        tensor.fill_(1.0)
+    else:  # pragma: no cover - keys.check_init_call rejects unknown names at parse time
+        raise ValueError(f"unknown initializer {name!r}")
+
+
+def _darknet_default(target: _Target, gen: torch.Generator) -> None:
+    t = target.tensor
+    if target.role == "weight":
+        scale = math.sqrt(2.0 / target.fans[0])
+        t.uniform_(-scale, scale, generator=gen)
+    elif target.role in ("bias", "bn_shift"):
+        t.zero_()
+    elif target.role in ("bn_scale", "shortcut"):
+        t.fill_(1.0)
+    elif target.role == "implicit":
+        mean, std = target.module.mean, target.module.std
+        t.uniform_(mean - std, mean + std, generator=gen)
+
+
+def init_weights(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Initialize every parameter of a built :class:`~netspec.network.Network` (in place; returns ``net``).
+
+    Raises :class:`~netspec.errors.CfgError` (at the block) for ``init=``/``bias_init=`` on a block
+    without such a tensor, or ``bias_init=`` together with ``bias_prob=``.
+    """
+    spec = net.spec
+    net_params = spec.net
+    net_init = getattr(net_params, "init", None)
+    net_bias_init = getattr(net_params, "bias_init", None)
+    count = len(spec.layers)
+    with torch.no_grad():
+        for layer_spec, layer in zip(spec.layers, net.layers):
+            p = layer_spec.p
+            stable = f"{layer_spec.index - count}:{layer_spec.type}"  # -1 is the last block
+            activation = getattr(p, "activation", None)
+            targets = _targets(layer)
+            roles = {t.role for t in targets}
+            block_init, bias_init, bias_prob = p.init, p.bias_init, p.bias_prob
+            if block_init is not None and not roles & {"weight", "shortcut", "implicit"}:
+                raise _problem(layer_spec, "init", "init= given, but this block has no weights to initialize"
+                               + (" (it shares another layer's)" if getattr(layer, "_share", ()) else ""))
+            if (bias_init is not None or bias_prob is not None) and "bias" not in roles:
+                key = "bias_init" if bias_init is not None else "bias_prob"
+                raise _problem(layer_spec, key, f"{key}= given, but this block has no biases")
+            if bias_init is not None and bias_prob is not None:
+                raise _problem(layer_spec, "bias_prob", "give either bias_init= or bias_prob=, not both")
+            for target in targets:
+                if target.role == "bn_stats":
+                    bn = target.tensor
+                    bn.running_mean.zero_()
+                    bn.running_var.fill_(1.0)
+                    if bn.num_batches_tracked is not None:
+                        bn.num_batches_tracked.zero_()
+                    continue
+                gen = generator_for(seed, f"{stable}:{target.suffix}")
+                scheme = None
+                if target.role == "weight":
+                    scheme = block_init or net_init
+                elif target.role in ("shortcut", "implicit"):
+                    scheme = block_init
+                elif target.role == "bias":
+                    if bias_prob is not None:
+                        target.tensor.fill_(-math.log((1.0 - bias_prob) / bias_prob))
+                        continue
+                    scheme = bias_init or net_bias_init
+                if scheme is None:
+                    _darknet_default(target, gen)
+                else:
+                    fans = target.fans or (target.tensor.numel(), target.tensor.numel())
+                    apply_scheme(target.tensor, scheme, fans, activation, gen)
+    return net
+
+
+__all__ = ["activation_gain", "apply_scheme", "generator_for", "init_weights"]
