@@ -63,7 +63,8 @@ class _Target:
     __slots__ = ("suffix", "tensor", "role", "fans", "kind", "module")
 
     def __init__(self, suffix, tensor, role, fans=None, kind="", module=None):
-        self.suffix, self.tensor, self.role, self.fans, self.kind, self.module = suffix, tensor, role, fans, kind, module
+        self.suffix, self.tensor, self.role = suffix, tensor, role
+        self.fans, self.kind, self.module = fans, kind, module
 
 
 def _bn_targets(prefix: str, bn: nn.Module | None, shift_is_bias: bool) -> list[_Target]:
