@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .document import Document
 from .errors import CfgError
 from .parser import parse
 from .specs import Limits, NetSpec, build_specs
@@ -11,14 +12,16 @@ from .specs import Limits, NetSpec, build_specs
 
 def build_spec(source, width: int | None = None, height: int | None = None, strict: bool = True, *,
                channels: int | None = None, limits: Limits | None = None) -> NetSpec:
-    """Parse and validate a cfg, inferring every layer's shape, without creating any tensor."""
-    document = parse(source)
+    """Parse and validate a cfg, inferring every layer's shape, without creating any tensor.
+
+    ``source`` is a path, cfg text, or an already parsed :class:`~netspec.document.Document`."""
+    document = source if isinstance(source, Document) else parse(source)
     return build_specs(document, width, height, channels=channels, strict=strict, limits=limits)
 
 
 def build(source: str | os.PathLike, width: int | None = None, height: int | None = None, strict: bool = True, *,
           channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None,
-          seed: int | None = 0):
+          seed: int | None = 0, fuse: bool = False):
     """Build a :class:`~netspec.network.Network` from a cfg path or cfg text.
 
     ``width``/``height`` override ``[net]``; ``strict=False`` turns Darknet-tolerated mistakes
@@ -26,17 +29,14 @@ def build(source: str | os.PathLike, width: int | None = None, height: int | Non
     CPU output where it differs from the intended function (see the README).
     ``seed`` initializes the weights reproducibly with :func:`netspec.init_weights` (``None``: keep
     PyTorch's default initialization, e.g. when weights are loaded right after).
+    ``fuse=True`` returns the inference-mode network (:meth:`Network.fuse`: BN folded, eval mode).
     Raises :class:`CfgError` listing every problem found.
     """
-    from .network import assemble
+    from .materialize import build_network
 
     spec = build_spec(source, width, height, strict, channels=channels, limits=limits)
-    net = assemble(spec, darknet_bugs=darknet_bugs)
-    if seed is not None:
-        from .init import init_weights
-
-        init_weights(net, seed)
-    return net
+    net = build_network(spec, darknet_bugs, seed)  # constructed on meta, initialized once
+    return net.fuse() if fuse else net
 
 
 __all__ = ["CfgError", "build", "build_spec"]

@@ -175,6 +175,11 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         net = _convert_block(first, net_section, None, out)
         layer_blocks = blocks[1:]
     starts_with_a_layer = first.section not in ("net", "network") and not misspelt_net
+    bad_sizes = [Problem(f"{name}={value!r} was asked for; it must be a positive integer", document.path)
+                 for name, value in (("width", width), ("height", height), ("channels", channels))
+                 if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)]
+    if bad_sizes:  # arguments, not cfg lines: reported without a position
+        raise CfgError(bad_sizes)
     input_shape = None
     if net is not None and not starts_with_a_layer:
         if width is not None:

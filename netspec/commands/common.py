@@ -8,10 +8,21 @@ import sys
 from ..specs import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS, Limits
 
 
+def positive_int(text: str) -> int:
+    """argparse type for sizes: a bad value is a usage error (exit 2), not a confusing cfg error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_cfg_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cfg", help="the .cfg file ('-' reads standard input)")
-    parser.add_argument("--width", type=int, help="input width (default: [net] width)")
-    parser.add_argument("--height", type=int, help="input height (default: [net] height)")
+    parser.add_argument("--width", type=positive_int, help="input width (default: [net] width)")
+    parser.add_argument("--height", type=positive_int, help="input height (default: [net] height)")
     parser.add_argument("--lenient", action="store_true",
                         help="accept Darknet-tolerated mistakes (unknown/duplicate keys, stray commas) as warnings")
     parser.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS, help="refuse larger networks")
@@ -27,9 +38,10 @@ def cfg_source(path: str):
     """A path, or for '-' the text of standard input."""
     if path == "-":
         data = sys.stdin.buffer.read()
-        from ..parser import _decode
+        from ..parser import _decode, parse_text
 
-        return _decode(data, "<stdin>")
+        # parsed here so that every problem is reported against '<stdin>'
+        return parse_text(_decode(data, "<stdin>"), "<stdin>")
     from pathlib import Path
 
     return Path(path)
