@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "build": "validate and build a cfg, print the layer table",
     "check": "validate cfg files only (for editors and pre-commit)",
     "params": "list every parameter with its final learning rate, decay and what set them",
+    "schedule": "print (or --plot) the learning rate of every optimizer step",
 }
 
 
