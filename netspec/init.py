@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn as nn
@@ -206,8 +207,10 @@ def _darknet_default(target: _Target, gen: torch.Generator) -> None:
         t.uniform_(mean - std, mean + std, generator=gen)
 
 
-def init_weights(net: nn.Module, seed: int = 0) -> nn.Module:
+def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | None = None) -> nn.Module:
     """Initialize every parameter of a built :class:`~netspec.network.Network` (in place; returns ``net``).
+
+    ``layers``: only the layers with these indices (the values are those a full init gives them).
 
     Raises :class:`~netspec.errors.CfgError` (at the block) for ``init=``/``bias_init=`` on a block
     without such a tensor, or ``bias_init=`` together with ``bias_prob=``.
@@ -219,6 +222,8 @@ def init_weights(net: nn.Module, seed: int = 0) -> nn.Module:
     count = len(spec.layers)
     with torch.no_grad():
         for layer_spec, layer in zip(spec.layers, net.layers):
+            if layers is not None and layer_spec.index not in layers:
+                continue
             p = layer_spec.p
             stable = f"{layer_spec.index - count}:{layer_spec.type}"  # -1 is the last block
             activation = getattr(p, "activation", None)

@@ -57,6 +57,7 @@ class Network(nn.Module):
         self.outputs = output_indices(spec)
         self.is_detector = any(spec.layers[i].section.is_head for i in self.outputs)
         self._plan = _plan(spec, self.outputs)
+        self.fused = False  # set by fuse(): BN folded away, .weights records no longer match the cfg
 
     # ---------------------------------------------------------------- running
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -78,7 +79,22 @@ class Network(nn.Module):
             saved.append(self.layers[index](*[x if s < 0 else saved[s] for s in sources]))
         return saved
 
-    # ---------------------------------------------------------------- facts
+    # ---------------------------------------------------------------- inference mode
+    def fuse(self) -> Network:
+        """Inference mode, in place: fold every BatchNorm into the conv/connected weights before it.
+
+        The fold is computed in float64 as Darknet does at load time (reference §3.1):
+        ``w' = w*gamma/sqrt(var+eps)``, ``b' = beta + (b - mean)*gamma/sqrt(var+eps)``.  Activations
+        then run in place on the tensor their own layer just produced (never on an output another layer
+        reads).  The network is put in eval mode and returned.  A fused network has no BN tensors any
+        more, so it cannot be saved to or loaded from Darknet ``.weights`` (save before fusing).
+        """
+        from .inference import fuse_network
+
+        fuse_network(self)
+        self.fused = True
+        return self.eval()
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.spec.input_shape

@@ -69,6 +69,9 @@ class LoadReport:
 
 def _records(net, upto: int | None):
     """``(index, spec, [(tensor, layout), ...])`` for each layer with a record, in file order."""
+    if getattr(net, "fused", False):
+        raise WeightsError("this network was fused (Network.fuse): its BatchNorm tensors are folded into the "
+                           "weights, so it has no Darknet .weights records; load or save before fusing")
     n = len(net.layers) if upto is None else min(upto, len(net.layers))
     for index in range(n):
         spec = net.spec.layers[index]

@@ -17,19 +17,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "yolov4.conv.137 loads up to where it ends); with --lenient, short or long files are "
                         "accepted like Darknet does")
     parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+    parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the conv weights (inference mode)")
 
 
 def run(args: argparse.Namespace) -> int:
-    net = build(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient, limits=limits_from(args))
-    print_warnings(net.warnings)
-    if args.weights:
-        from ..weights import load_darknet_weights
+    source = cfg_source(args.cfg)
+    if not args.weights:
+        net = build(source, args.width, args.height, strict=not args.lenient, limits=limits_from(args), fuse=args.fuse)
+        print_warnings(net.warnings)
+    else:
+        from ..builder import build_spec
+        from ..materialize import assemble_uninitialized, load_initializing_rest
 
-        report = load_darknet_weights(net, args.weights, strict=not args.lenient,
-                                      allow_nonfinite=args.allow_nonfinite)
+        # No initialization for what the file provides: allocated once, filled by the file.
+        net = assemble_uninitialized(build_spec(source, args.width, args.height, strict=not args.lenient,
+                                                limits=limits_from(args)))
+        print_warnings(net.warnings)
+        report = load_initializing_rest(net, args.weights, strict=not args.lenient,
+                                        allow_nonfinite=args.allow_nonfinite)
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(str(report), file=sys.stderr)
+        if args.fuse:
+            net.fuse()
     if args.json:
         print(json.dumps(net.summary(), indent=1))
     else:

@@ -1,0 +1,115 @@
+"""Inference mode for a built network: BatchNorm folded into the weights, activations in place.
+
+Used by :meth:`netspec.network.Network.fuse`.  The fold follows Darknet's load-time fusion
+(reference §3.1), computed in float64 and stored back in the weights' own dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import activations
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w', b')`` with ``bn(w @ x + b) == w' @ x + b'`` in eval mode, computed in float64.
+
+    ``weight`` has output channels first (conv ``[out, in, kh, kw]`` or linear ``[out, in]``)."""
+    with torch.no_grad():
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bias.double() if bias is not None else torch.zeros_like(scale)
+        folded_w = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
+        folded_b = bn.bias.double() + (shift - bn.running_mean.double()) * scale
+    return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
+
+
+def _fold_into(layer: nn.Module, inner: nn.Module) -> None:
+    """Replace ``inner``'s weight/bias by the fold with ``layer.bn`` and drop the BN."""
+    weight, bias = fold_batchnorm(inner.weight, inner.bias, layer.bn)
+    inner.weight = nn.Parameter(weight, requires_grad=inner.weight.requires_grad)
+    inner.bias = nn.Parameter(bias, requires_grad=inner.weight.requires_grad)
+    layer.bn = None
+
+
+def _leaky_(x):
+    return F.leaky_relu_(x, 0.1)
+
+
+def _relie_(x):
+    return F.leaky_relu_(x, 0.01)
+
+
+def _silu_(x):
+    return F.silu(x, inplace=True)
+
+
+def _mish_(x):
+    return F.mish(x, inplace=True)
+
+
+def _hardtan_(x):
+    return x.clamp_(-1.0, 1.0)
+
+
+# Activation -> in-place version.  Everything else keeps its out-of-place function.
+_INPLACE: dict[Activation, Activation] = {
+    activations.FUNCTIONS["leaky"]: _leaky_,
+    activations.FUNCTIONS["relie"]: _relie_,
+    activations.FUNCTIONS["logistic"]: torch.sigmoid_,
+    activations.FUNCTIONS["relu"]: torch.relu_,
+    activations.FUNCTIONS["swish"]: _silu_,
+    activations.FUNCTIONS["mish"]: _mish_,
+    activations.FUNCTIONS["tanh"]: torch.tanh_,
+    activations.FUNCTIONS["hardtan"]: _hardtan_,
+}
+
+
+class InplaceActivation:
+    """Runs the activation in place, except when autograd records the graph (where an in-place op
+    could overwrite a value that backward needs): then it falls back to the out-of-place function."""
+
+    def __init__(self, fn: Activation, inplace: Activation) -> None:
+        self.fn = fn
+        self.inplace = inplace
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return self.fn(x)
+        return self.inplace(x)
+
+    def __repr__(self) -> str:
+        return f"InplaceActivation({getattr(self.fn, '__name__', self.fn)})"
+
+
+def inplace_activation(fn: Activation) -> Activation:
+    """The in-place variant of ``fn`` (``fn`` itself when there is none)."""
+    if isinstance(fn, InplaceActivation):
+        return fn
+    inplace = _INPLACE.get(fn)
+    return InplaceActivation(fn, inplace) if inplace is not None else fn
+
+
+def fuse_network(net) -> None:
+    """Fold BN into conv/connected layers and switch activations on fresh outputs to in-place."""
+    from .sections.convolutional import ConvLayer
+    from .sections.merge import Multiply, Shortcut
+    from .sections.misc import Connected
+
+    for module in net.layers:
+        if isinstance(module, ConvLayer):
+            # A sharing layer reads its source's (now folded) conv and finds no BN there.
+            if not module._share and module.bn is not None:
+                _fold_into(module, module.conv)
+        elif isinstance(module, Connected) and module.bn is not None:
+            _fold_into(module, module.linear)
+        # These modules apply the activation to a tensor they have just created (the conv/linear
+        # output, the sum, the product), which no other layer can be holding yet.
+        if isinstance(module, (ConvLayer, Connected, Shortcut, Multiply)):
+            module.act_fn = inplace_activation(module.act_fn)

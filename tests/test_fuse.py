@@ -1,0 +1,226 @@
+"""Inference mode (``Network.fuse``: BN folded in float64, in-place activations) and the cold build
+(meta-device construction, one initialization, ``.weights`` without any initialization)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import netspec
+from netspec.errors import WeightsError
+from netspec.materialize import assemble_uninitialized, load_initializing_rest
+from netspec.network import assemble
+from netspec.weights import load_darknet_weights, save_darknet_weights
+
+from .conftest import CFGS, CONFORMANCE
+from .test_conformance import load_vector
+
+# kitchen-sink: shared convs, antialiasing, every activation; -cls: [connected] with BN; yolov7-tiny: deep.
+FUSE_NETS = ["kitchen-sink", "kitchen-sink-cls", "yolov3-tiny", "yolov7-tiny"]
+
+SMALL_CFG = """[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=mish
+
+[convolutional]
+share_index=-1
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=mish
+
+[shortcut]
+from=-2
+activation=swish
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+activation=logistic
+
+[route]
+layers=-1,-2
+
+[connected]
+output=10
+batch_normalize=1
+activation=relu
+"""
+
+
+def _outputs(net, x):
+    out = net(x)
+    return out if isinstance(out, list) else [out]
+
+
+def _random_bn(net, seed=1):
+    """Non-trivial BN statistics so that folding has something to do."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen))
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return net
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("name", FUSE_NETS)
+def test_fused_matches_unfused_on_darknet_weights(name, tmp_path):
+    net, _, _, x = load_vector(name, tmp_path)
+    with torch.no_grad():
+        exact = _outputs(copy.deepcopy(net).double(), x.double())
+        # The fold itself, in float64: equal to the unfused net up to float64 rounding.
+        fused64 = _outputs(copy.deepcopy(net).double().fuse(), x.double())
+        unfused = _outputs(net, x)
+        fused = _outputs(copy.deepcopy(net).fuse(), x)
+    for e, f64, u, f in zip(exact, fused64, unfused, fused):
+        assert _rel(f64, e) < 1e-12
+        # In float32 the fused net is as close to the exact result as the unfused one (both carry
+        # float32 rounding through every layer), and the two agree to float32 noise.
+        assert _rel(f, e) <= 2 * _rel(u, e) + 2e-6
+        assert _rel(f, u) < 1e-4
+
+
+def test_fuse_removes_every_foldable_bn_and_keeps_the_rest():
+    net = _random_bn(netspec.build(SMALL_CFG)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        fused = copy.deepcopy(net).fuse()
+        got = fused(x)
+    assert fused.fused and not fused.training
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert fused.layers[0].conv.bias is not None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert netspec.build(SMALL_CFG, fuse=True).fused
+
+
+def test_fused_net_can_be_trained_through_and_inplace_falls_back_under_autograd():
+    net = _random_bn(netspec.build(SMALL_CFG)).fuse()
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    out = net(x)
+    out.sum().backward()  # in-place mish/sigmoid would break backward: the fallback keeps it working
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), out.detach())
+
+
+def test_inplace_activation_never_touches_a_tensor_another_layer_reads():
+    net = _random_bn(netspec.build(SMALL_CFG)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = net.forward_all(x)
+        after = copy.deepcopy(net).fuse().forward_all(x)
+    for i, (a, b) in enumerate(zip(before, after)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"layer {i}")
+
+
+def test_fused_net_refuses_darknet_weights(tmp_path):
+    net = netspec.build(SMALL_CFG)
+    path = tmp_path / "w.weights"
+    save_darknet_weights(net, path)
+    net.fuse()
+    with pytest.raises(WeightsError, match="fused"):
+        save_darknet_weights(net, tmp_path / "again.weights")
+    with pytest.raises(WeightsError, match="fused"):
+        load_darknet_weights(net, path)
+
+
+# ------------------------------------------------------------------ cold build
+
+def _state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("cfg", ["kitchen-sink", "kitchen-sink-cls", "yolov4-tiny.cfg"])
+def test_meta_build_gives_the_values_of_an_eager_build(cfg):
+    from netspec.init import init_weights
+
+    path = CFGS / cfg if cfg.endswith(".cfg") else CONFORMANCE / cfg / "model.cfg"
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    spec = netspec.build_spec(path, 64, 64, strict=False)
+    eager = init_weights(assemble(spec), seed=3)
+    cold = netspec.build(path, 64, 64, strict=False, seed=3)
+    _assert_same_state(_state(cold), _state(eager))
+    # constants computed at construction (blur kernels, head masks) survive the meta construction
+    for (name, a), (_, b) in zip(eager.named_buffers(), cold.named_buffers()):
+        assert torch.equal(a, b), name
+    x = torch.rand(1, spec.input_shape[0], 64, 64)
+    with torch.no_grad():
+        for a, b in zip(_outputs(eager.eval(), x), _outputs(cold.eval(), x)):
+            assert torch.equal(a, b)
+
+
+def test_weights_without_init_and_partial_file_initializes_the_rest(tmp_path):
+    full = _random_bn(netspec.build(SMALL_CFG, seed=5))
+    path = tmp_path / "backbone.weights"
+    save_darknet_weights(full, path, upto=2)  # a backbone file: layers 0 and 1 only
+    expected = netspec.build(SMALL_CFG, seed=7)
+    load_darknet_weights(expected, path)
+    cold = assemble_uninitialized(netspec.build_spec(SMALL_CFG))
+    report = load_initializing_rest(cold, path, seed=7)
+    assert not report.complete and report.last_layer == 1
+    _assert_same_state(_state(cold), _state(expected))
+
+
+def test_dontloadscales_layer_gets_its_scales_from_init(tmp_path):
+    cfg = SMALL_CFG.replace("activation=mish\n", "activation=mish\ndontloadscales=1\n", 1)
+    src = _random_bn(netspec.build(cfg, seed=5))
+    path = tmp_path / "full.weights"
+    save_darknet_weights(src, path)
+    expected = netspec.build(cfg, seed=7)
+    load_darknet_weights(expected, path)
+    cold = assemble_uninitialized(netspec.build_spec(cfg))
+    load_initializing_rest(cold, path, seed=7)
+    _assert_same_state(_state(cold), _state(expected))
+
+
+def test_cli_build_with_weights_and_fuse(tmp_path):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    path = tmp_path / "w.weights"
+    save_darknet_weights(netspec.build(SMALL_CFG), path)
+    for extra in ([], ["--weights", str(path)]):
+        run = subprocess.run([sys.executable, "-m", "netspec", "build", str(cfg), "--fuse", *extra],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert "connected" in run.stdout
