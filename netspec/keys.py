@@ -15,6 +15,7 @@ from typing import Any
 from .document import Call, Item, Option
 
 _INT = re.compile(r"[+-]?\d+")
+C_INT_MIN, C_INT_MAX = -(2**31), 2**31 - 1
 
 
 class KeyValueError(ValueError):
@@ -90,6 +91,10 @@ class Int(Key):
         return value
 
     def check_range(self, key: str, value, item: Item) -> None:
+        if not C_INT_MIN <= value <= C_INT_MAX:
+            # Darknet reads a C int (atoi): larger values overflow there, and torch cannot take them either
+            raise KeyValueError(f"'{key}={item.text}' is out of range (Darknet reads a 32-bit integer: "
+                                f"{C_INT_MIN}..{C_INT_MAX})", item.line, item.col)
         if self.min is not None and value < self.min:
             raise KeyValueError(f"'{key}={item.text}' is out of range (must be >= {self.min})", item.line, item.col)
         if self.max is not None and value > self.max:

@@ -213,11 +213,13 @@ def _blank_line(text: str, line_no: int) -> str:
 def _document(lines, text: str, path: str | None) -> Document:
     blocks: list[Block] = []
     problems: list[Problem] = []
+    # '[]' yields no token to take a position from: find those lines in the text instead.
+    empty_headers = iter(i + 1 for i, ln in enumerate(text.split("\n")) if _EMPTY_HEADER.match(ln))
     for entry in lines:
         if entry[0] == "header":
             token = entry[1]
             if token is None:
-                problems.append(Problem("empty section name '[]'", path, None, None))
+                problems.append(Problem("empty section name '[]'", path, next(empty_headers, None), 1))
                 continue
             name = str(token).strip()
             blocks.append(Block(name, token.line, token.column - 1))
@@ -241,6 +243,9 @@ def _document(lines, text: str, path: str | None) -> Document:
     if problems:
         raise CfgError(problems)
     return Document(blocks, path, text)
+
+
+_EMPTY_HEADER = re.compile(r"[ \t\f\v]*\[[ \t\f\v]*\]")
 
 
 def _item(text: str, raw) -> Item:

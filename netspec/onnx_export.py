@@ -1,0 +1,446 @@
+"""ONNX export of a built :class:`~netspec.network.Network`, optionally with the box decoding in the graph.
+
+The graph has one input, ``images`` (``batch x C x H x W``, float32), and one output per detection head
+named after its section and Darknet layer index (``yolo_16``, ``region_30``, ``Gaussian_yolo_139``,
+``detection_20``; each exactly netspec's/Darknet's buffer for that head) or, for a classifier, ``output``.
+With ``decode=True`` the outputs are instead ``boxes`` (``batch x N x 4``, ``x1, y1, x2, y2`` in input
+pixels) and ``scores`` (``batch x N x classes``, objectness times class probability, not thresholded),
+the N candidates of all heads in Darknet's order (per head: cell-major, then anchor).
+
+netspec uses torch's TorchScript-based exporter (``dynamo=False``): it needs no package beyond torch, works
+offline, and handles every op the sections use; the torch.export-based exporter additionally needs
+``onnxscript`` and brings nothing this fixed-topology graph needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .atomic import write_bytes
+from .errors import NetspecError
+
+INPUT_NAME = "images"
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote."""
+
+    path: str
+    input_name: str
+    input_shape: tuple[int, int, int, int]  # batch (1 when dynamic, as exported), C, H, W
+    output_names: tuple[str, ...]
+    dynamic_batch: bool
+    opset: int
+
+
+def _describe(spec) -> str:
+    where = f"{spec.path}:{spec.block.line}" if getattr(spec, "path", None) else f"line {spec.block.line}"
+    return f"[{spec.type}] #{spec.index} ({where})"
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module:
+    """A private copy of ``net`` for export, rebuilt from its cfg when another input size is asked for."""
+    _, h, w = net.input_shape
+    width = width or w
+    height = height or h
+    if (width, height) == (w, h):
+        return copy.deepcopy(net)
+    from .network import assemble
+    from .specs import build_specs
+
+    spec = build_specs(net.spec.document, width, height, channels=net.input_shape[0], strict=False)
+    resized = assemble(spec, darknet_bugs=getattr(net, "darknet_bugs", True))
+    ours = resized.state_dict()
+    for name, tensor in net.state_dict().items():
+        if name in ours and ours[name].shape != tensor.shape:
+            index = int(name.split(".")[1])
+            raise NetspecError(f"cannot export at {width}x{height}: {_describe(spec.layers[index])} has parameters "
+                               f"whose shape depends on the input size ({name}: {tuple(tensor.shape)} at {w}x{h}, "
+                               f"{tuple(ours[name].shape)} at {width}x{height}); export at {w}x{h}")
+    resized.load_state_dict(net.state_dict())
+    return resized
+
+
+# ---------------------------------------------------------------------------------------------- fusing
+def fuse_batchnorm(net: nn.Module) -> int:
+    """Fold every conv's and connected layer's inference BatchNorm into its weights, in place.
+
+    Returns the number of layers fused.  XNOR convolutions (which binarize their weights) and the
+    layers they share weights with are left alone, as folding would change the signs they binarize.
+    """
+    from .sections.convolutional import ConvLayer
+    from .sections.misc import Connected
+
+    keep = set()
+    for module in net.layers:
+        if isinstance(module, ConvLayer) and module.xnor:
+            keep.add(id(module.source))
+    fused = 0
+    with torch.no_grad():
+        for module in net.layers:
+            if isinstance(module, ConvLayer) and module.source is module and module.bn is not None \
+                    and id(module) not in keep:
+                module.conv.weight.mul_(_bn_scale(module.bn).view(-1, 1, 1, 1))
+                module.conv.bias = nn.Parameter(_bn_shift(module.bn))
+                module.bn = None
+                fused += 1
+            elif isinstance(module, Connected) and module.bn is not None:
+                module.linear.weight.mul_(_bn_scale(module.bn).view(-1, 1))
+                module.linear.bias = nn.Parameter(_bn_shift(module.bn))
+                module.bn = None
+                fused += 1
+    return fused
+
+
+def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    return bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+
+def _bn_shift(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    return bn.bias - bn.running_mean * _bn_scale(bn)
+
+
+# ---------------------------------------------------------------------------------------------- portability
+# torch's exporter drops ``divisor_override`` (ONNX AveragePool has none), silently turning a window sum
+# into a mean; these stand-ins compute the same sums with ops that export exactly.
+class _BlockSumUpsample(nn.Module):
+    """``[upsample]`` with negative stride: sum over |s| x |s| blocks, times ``scale``."""
+
+    def __init__(self, stride: int, scale: float) -> None:
+        super().__init__()
+        self.stride = stride
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        _, c, h, w = x.shape
+        y = x.reshape(-1, c, h // s, s, w // s, s).sum(dim=(3, 5))
+        return y * self.scale if self.scale != 1 else y
+
+
+class _WindowSumLRN(nn.Module):
+    """``[normalization]``: the channel-window sum of squares as a fixed conv instead of a sum-pool."""
+
+    def __init__(self, lrn: nn.Module) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.kappa = lrn.size, lrn.alpha, lrn.beta, lrn.kappa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        lo, hi = (self.size - 1) // 2, self.size // 2
+        sq = torch.nn.functional.pad((x * x).reshape(-1, 1, c, h * w), (0, 0, lo, hi))
+        ones = torch.ones(1, 1, self.size, 1, dtype=x.dtype)
+        window = torch.nn.functional.conv2d(sq, ones).reshape(-1, c, h, w)
+        return x * torch.pow(self.kappa + self.alpha * window, -self.beta)
+
+
+class _WindowMeanAvgPool(nn.Module):
+    """``[local_avgpool]``: the mean over in-image cells as a ratio of two (equally scaled) means."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.size, self.stride, self.pad = pool.size, pool.stride, pool.pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype)
+        sums = f.avg_pool2d(f.pad(x, self.pad), self.size, self.stride)
+        counts = f.avg_pool2d(f.pad(ones, self.pad), self.size, self.stride)
+        return sums / counts
+
+
+def make_portable(net: nn.Module) -> int:
+    """Swap, in place, the modules whose ops torch's ONNX exporter would translate wrongly; returns how many."""
+    from .sections.misc import LocalResponseNorm
+    from .sections.pooling import LocalAvgPool
+    from .sections.resample import Upsample
+
+    swapped = 0
+    for i, module in enumerate(net.layers):
+        if isinstance(module, Upsample) and module.stride < 0:
+            net.layers[i] = _BlockSumUpsample(-module.stride, module.scale)
+        elif isinstance(module, LocalResponseNorm):
+            net.layers[i] = _WindowSumLRN(module)
+        elif isinstance(module, LocalAvgPool):
+            net.layers[i] = _WindowMeanAvgPool(module)
+        else:
+            continue
+        swapped += 1
+    return swapped
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def _decode_yolo(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[yolo]/[Gaussian_yolo] buffer → (boxes xyxy in input pixels, scores), cell-major then anchor."""
+    _, c, h, w = buf.shape
+    a, e = head.n_anchors, head.entries
+    v = buf.reshape(-1, a, e, h, w).permute(0, 3, 4, 1, 2)  # (B, H, W, A, E): Darknet's candidate order
+    gauss = head.kind == "Gaussian_yolo"
+    ix, iy, iw, ih, iobj = (0, 2, 4, 6, 8) if gauss else (0, 1, 2, 3, 4)
+    cols = torch.arange(w, dtype=buf.dtype).view(1, 1, w, 1)
+    rows = torch.arange(h, dtype=buf.dtype).view(1, h, 1, 1)
+    anchors = torch.tensor(head.anchors, dtype=buf.dtype)  # (A, 2) input pixels
+    cx = (cols + v[..., ix]) * (in_w / w)
+    cy = (rows + v[..., iy]) * (in_h / h)
+    if head.new_coords:
+        bw = 4 * v[..., iw] ** 2 * anchors[:, 0]
+        bh = 4 * v[..., ih] ** 2 * anchors[:, 1]
+    else:
+        bw = torch.exp(v[..., iw]) * anchors[:, 0]
+        bh = torch.exp(v[..., ih]) * anchors[:, 1]
+    scores = v[..., iobj:iobj + 1] * v[..., iobj + 1:]
+    if gauss:
+        point = head.extra.get("yolo_point", "center")
+        if point == "left_top":
+            cx, cy = cx + bw / 2, cy + bh / 2
+        elif point == "right_bottom":
+            cx, cy = cx - bw / 2, cy - bh / 2
+        uncertainty = (v[..., 1] + v[..., 3] + v[..., 5] + v[..., 7]) / 4
+        scores = scores * (1 - uncertainty)[..., None]
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+    return boxes.reshape(-1, h * w * a, 4), scores.reshape(-1, h * w * a, head.classes)
+
+
+def _decode_region(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[region] buffer ``(B, H, W, num, 5+K)`` → boxes and scores (reference §3.12)."""
+    _, h, w, a, _ = buf.shape
+    cols = torch.arange(w, dtype=buf.dtype).view(1, 1, w, 1)
+    rows = torch.arange(h, dtype=buf.dtype).view(1, h, 1, 1)
+    anchors = torch.tensor(head.anchors, dtype=buf.dtype)  # (A, 2) grid cells
+    cx = (cols + torch.sigmoid(buf[..., 0])) * (in_w / w)
+    cy = (rows + torch.sigmoid(buf[..., 1])) * (in_h / h)
+    bw = torch.exp(buf[..., 2]) * anchors[:, 0] * (in_w / w)
+    bh = torch.exp(buf[..., 3]) * anchors[:, 1] * (in_h / h)
+    scores = buf[..., 4:5] * buf[..., 5:]
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+    return boxes.reshape(-1, h * w * a, 4), scores.reshape(-1, h * w * a, head.classes)
+
+
+def _decode_detection(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """YOLOv1 [detection] flat buffer: class probs per cell, then confidences, then boxes (§3.13)."""
+    s, k, n = head.side, head.classes, head.num
+    cells = s * s
+    flat = buf.reshape(-1, cells * (k + n * 5))
+    probs = flat[:, :cells * k].reshape(-1, cells, 1, k)
+    conf = flat[:, cells * k:cells * (k + n)].reshape(-1, cells, n, 1)
+    coords = flat[:, cells * (k + n):].reshape(-1, cells, n, 4)
+    index = torch.arange(cells, dtype=buf.dtype).view(1, cells, 1)
+    cols = torch.remainder(index, s)
+    rows = torch.div(index - cols, s)
+    cx = (coords[..., 0] + cols) / s * in_w
+    cy = (coords[..., 1] + rows) / s * in_h
+    bw, bh = coords[..., 2], coords[..., 3]
+    if head.sqrt:
+        bw, bh = bw * bw, bh * bh
+    bw, bh = bw * in_w, bh * in_h
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+    return boxes.reshape(-1, cells * n, 4), (conf * probs).reshape(-1, cells * n, k)
+
+
+def _decoder(module: nn.Module, spec):
+    from .sections.heads import DetectionBuffer, RegionBuffer, YoloBuffer
+
+    if isinstance(module, YoloBuffer):
+        return _decode_yolo
+    if isinstance(module, RegionBuffer):
+        if module.tree is not None:
+            raise NetspecError(f"{_describe(spec)}: decoding a hierarchical (tree=) [region] into boxes is not "
+                               "supported; export without decode to get its buffer")
+        return _decode_region
+    if isinstance(module, DetectionBuffer):
+        return _decode_detection
+    raise NetspecError(f"{_describe(spec)}: netspec cannot decode this head into boxes; export without decode")
+
+
+# ---------------------------------------------------------------------------------------------- export
+class _Exported(nn.Module):
+    """The network as a graph with a tuple of outputs (and optionally the decoding appended)."""
+
+    def __init__(self, net: nn.Module, decode: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.decode = decode
+        _, self.in_h, self.in_w = net.input_shape
+        self.decoders = []
+        if decode:
+            if not net.is_detector:
+                raise NetspecError("decode=True needs a detector: this network has no [yolo], [Gaussian_yolo], "
+                                   "[region] or [detection] head")
+            classes = set()
+            for index in net.outputs:
+                spec = net.spec.layers[index]
+                self.decoders.append(_decoder(net.layers[index], spec))
+                classes.add(net.layers[index].classes)
+            if len(classes) > 1:
+                raise NetspecError(f"decode=True needs every head to have the same number of classes, the heads "
+                                   f"have {sorted(classes)}; export without decode")
+
+    def forward(self, images: torch.Tensor):
+        out = self.net(images)
+        if not self.net.is_detector:
+            return out
+        if not self.decode:
+            return tuple(out)
+        boxes, scores = [], []
+        for index, buf, decode in zip(self.net.outputs, out, self.decoders):
+            b, s = decode(buf, self.net.layers[index], self.in_w, self.in_h)
+            boxes.append(b)
+            scores.append(s)
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+
+def output_names(net: nn.Module, decode: bool = False) -> tuple[str, ...]:
+    """The graph's output names: ``boxes, scores`` when decoding, else one per head or ``output``."""
+    if decode:
+        return ("boxes", "scores")
+    if not net.is_detector:
+        return ("output",)
+    return tuple(f"{net.spec.layers[i].type}_{i}" for i in net.outputs)
+
+
+def export_onnx(net: nn.Module, path: str | os.PathLike, *, width: int | None = None, height: int | None = None,
+                batch: int = 1, dynamic_batch: bool = False, fuse: bool = False, decode: bool = False,
+                opset: int = 17) -> OnnxExport:
+    """Write ``net`` (in inference mode) as an ONNX model to ``path``.
+
+    ``width``/``height`` export at another input size (the network is rebuilt from its cfg and gets
+    ``net``'s parameters); ``batch`` is the batch size of the graph, or with ``dynamic_batch=True`` a
+    symbolic ``batch`` dimension; ``fuse`` folds BatchNorm into the conv/connected weights (otherwise the
+    graph keeps one BatchNormalization per Darknet BN); ``decode`` appends the box decoding (see the
+    module documentation).  ``net`` itself is not modified.  Raises :class:`NetspecError` naming the
+    section (and cfg line) that cannot be expressed in ONNX.
+    """
+    if batch < 1:
+        raise NetspecError(f"batch must be at least 1, got {batch}")
+    model = _at_size(net, width, height).float().eval()
+    make_portable(model)
+    if fuse:
+        fuse_batchnorm(model)
+    wrapper = _Exported(model, decode).eval()
+    names = output_names(model, decode)
+    c, h, w = model.input_shape
+    images = torch.rand(batch, c, h, w)
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)} if dynamic_batch else None
+    buffer = io.BytesIO()
+    try:
+        _torch_export(wrapper, images, buffer, names, axes, opset)
+    except NetspecError:
+        raise
+    except Exception as exc:  # the exporter fails in many ways; find the layer responsible
+        raise _failing_layer(model, opset, exc) from exc
+    data = buffer.getvalue()
+    data = _keep_input(data, (None if dynamic_batch else batch, c, h, w))
+    write_bytes(path, data)
+    return OnnxExport(os.fspath(path), INPUT_NAME, (batch, c, h, w), names, dynamic_batch, opset)
+
+
+def _keep_input(data: bytes, shape: tuple) -> bytes:
+    """Put ``images`` back when the exporter pruned it: a graph whose outputs do not depend on the input
+    (e.g. Darknet's zero-output activation bugs reproduced) must still take it, or callers break."""
+    try:
+        import onnx
+    except ImportError:  # without onnx we cannot inspect the graph; the common case needs no repair
+        return data
+    model = onnx.load_from_string(data)
+    if any(i.name == INPUT_NAME for i in model.graph.input):
+        return data
+    dims = ["batch" if d is None else d for d in shape]
+    model.graph.input.insert(0, onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, dims))
+    return model.SerializeToString()
+
+
+def _torch_export(module: nn.Module, images: torch.Tensor, target, names, axes, opset: int) -> None:
+    with _exporter_quiet(), torch.no_grad():
+        torch.onnx.export(module, (images,), target, dynamo=False, input_names=[INPUT_NAME], output_names=list(names),
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                          # PRESERVE (the model is in eval mode) keeps BatchNormalization nodes; EVAL would
+                          # fold them into the convs whether or not fuse= asked for it.
+                          training=torch.onnx.TrainingMode.PRESERVE)
+
+
+def _expm1(g, x):
+    return g.op("Sub", g.op("Exp", x), g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32)))
+
+
+_SYMBOLICS = {"aten::expm1": _expm1}  # ops netspec's modules use that the exporter lacks (elu, selu)
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """Silence the exporter and give it the symbolics it lacks, for the duration of one export.
+
+    The legacy exporter is deprecated in favour of the dynamo one (see the module docstring) and warns
+    about every strided slice it cannot constant-fold; on failure it also dumps the whole TorchScript
+    graph to the process's stdout from C++ (its logging switch is stuck on in torch 2.13).  None of it
+    is actionable for users: netspec reports the failing section instead.
+    """
+    for op, fn in _SYMBOLICS.items():
+        torch.onnx.register_custom_op_symbolic(op, fn, 9)
+    log_enabled = torch._C._jit_is_onnx_log_enabled()
+    saved = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            saved[fd] = os.dup(fd)
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:  # no usable fds (embedded interpreters): keep the noise
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for fd, copy_fd in saved.items():
+            os.dup2(copy_fd, fd)
+            os.close(copy_fd)
+        torch._C._jit_set_onnx_log_enabled(log_enabled)
+        for op in _SYMBOLICS:
+            torch.onnx.unregister_custom_op_symbolic(op, 9)
+
+
+class _OneLayer(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.layer(*xs)
+
+
+def _failing_layer(net: nn.Module, opset: int, exc: Exception) -> NetspecError:
+    """Export each layer alone to name the first one ONNX cannot express."""
+    outputs = []
+    with torch.no_grad():
+        c, h, w = net.input_shape
+        x = torch.rand(1, c, h, w)
+        for spec, module in zip(net.spec.layers, net.layers):
+            inputs = [x if s < 0 else outputs[s] for s in spec.sources]
+            try:
+                with _exporter_quiet():
+                    torch.onnx.export(_OneLayer(module).eval(), tuple(inputs), io.BytesIO(), dynamo=False,
+                                      opset_version=opset, training=torch.onnx.TrainingMode.PRESERVE)
+            except Exception as layer_exc:
+                return NetspecError(f"{_describe(spec)} cannot be exported to ONNX (opset {opset}): "
+                                    f"{_first_line(layer_exc)}")
+            outputs.append(module(*inputs))
+    return NetspecError(f"ONNX export failed: {_first_line(exc)}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
