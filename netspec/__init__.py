@@ -26,6 +26,8 @@ _LAZY = {
     "param_groups": "netspec.optim",
     "make_optimizer": "netspec.optim",
     "make_scheduler": "netspec.schedule",
+    "save_checkpoint": "netspec.checkpoint",
+    "load_checkpoint": "netspec.checkpoint",
     "detect": "netspec.detection",
     "load_darknet_weights": "netspec.weights",
     "save_darknet_weights": "netspec.weights",
