@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "check": "validate cfg files only (for editors and pre-commit)",
     "params": "list every parameter with its final learning rate, decay and what set them",
     "schedule": "print (or --plot) the learning rate of every optimizer step",
+    "export": "export a network to ONNX (optionally with box decoding in the graph)",
+    "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",
 }
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from .atomic import write_bytes
 from .errors import NetspecError
+from .sections.resample import Upsample
 
 INPUT_NAME = "images"
 
@@ -61,7 +62,10 @@ def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module
     from .specs import build_specs
 
     spec = build_specs(net.spec.document, width, height, channels=net.input_shape[0], strict=False)
+    # Network does not record darknet_bugs; the default (Darknet's behaviour) is what builds use.
     resized = assemble(spec, darknet_bugs=getattr(net, "darknet_bugs", True))
+    if getattr(net, "fused", False):
+        resized.fuse()
     ours = resized.state_dict()
     for name, tensor in net.state_dict().items():
         if name in ours and ours[name].shape != tensor.shape:
@@ -73,58 +77,14 @@ def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module
     return resized
 
 
-# ---------------------------------------------------------------------------------------------- fusing
-def fuse_batchnorm(net: nn.Module) -> int:
-    """Fold every conv's and connected layer's inference BatchNorm into its weights, in place.
-
-    Returns the number of layers fused.  XNOR convolutions (which binarize their weights) and the
-    layers they share weights with are left alone, as folding would change the signs they binarize.
-    """
-    from .sections.convolutional import ConvLayer
-    from .sections.misc import Connected
-
-    keep = set()
-    for module in net.layers:
-        if isinstance(module, ConvLayer) and module.xnor:
-            keep.add(id(module.source))
-    fused = 0
-    with torch.no_grad():
-        for module in net.layers:
-            if isinstance(module, ConvLayer) and module.source is module and module.bn is not None \
-                    and id(module) not in keep:
-                module.conv.weight.mul_(_bn_scale(module.bn).view(-1, 1, 1, 1))
-                module.conv.bias = nn.Parameter(_bn_shift(module.bn))
-                module.bn = None
-                fused += 1
-            elif isinstance(module, Connected) and module.bn is not None:
-                module.linear.weight.mul_(_bn_scale(module.bn).view(-1, 1))
-                module.linear.bias = nn.Parameter(_bn_shift(module.bn))
-                module.bn = None
-                fused += 1
-    return fused
-
-
-def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    return bn.weight / torch.sqrt(bn.running_var + bn.eps)
-
-
-def _bn_shift(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    return bn.bias - bn.running_mean * _bn_scale(bn)
-
-
 # ---------------------------------------------------------------------------------------------- portability
 # torch's exporter drops ``divisor_override`` (ONNX AveragePool has none), silently turning a window sum
 # into a mean; these stand-ins compute the same sums with ops that export exactly.
-class _BlockSumUpsample(nn.Module):
+class _BlockSumUpsample(Upsample):
     """``[upsample]`` with negative stride: sum over |s| x |s| blocks, times ``scale``."""
 
-    def __init__(self, stride: int, scale: float) -> None:
-        super().__init__()
-        self.stride = stride
-        self.scale = scale
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stride
+        s = -self.stride
         _, c, h, w = x.shape
         y = x.reshape(-1, c, h // s, s, w // s, s).sum(dim=(3, 5))
         return y * self.scale if self.scale != 1 else y
@@ -165,12 +125,11 @@ def make_portable(net: nn.Module) -> int:
     """Swap, in place, the modules whose ops torch's ONNX exporter would translate wrongly; returns how many."""
     from .sections.misc import LocalResponseNorm
     from .sections.pooling import LocalAvgPool
-    from .sections.resample import Upsample
 
     swapped = 0
     for i, module in enumerate(net.layers):
         if isinstance(module, Upsample) and module.stride < 0:
-            net.layers[i] = _BlockSumUpsample(-module.stride, module.scale)
+            net.layers[i] = _BlockSumUpsample(module.stride, module.scale)
         elif isinstance(module, LocalResponseNorm):
             net.layers[i] = _WindowSumLRN(module)
         elif isinstance(module, LocalAvgPool):
@@ -327,7 +286,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, width: int | None = 
     model = _at_size(net, width, height).float().eval()
     make_portable(model)
     if fuse:
-        fuse_batchnorm(model)
+        model.fuse()  # Network.fuse: BN folded into the conv/connected weights (in float64, as Darknet)
     wrapper = _Exported(model, decode).eval()
     names = output_names(model, decode)
     c, h, w = model.input_shape
