@@ -32,6 +32,7 @@ _LAZY = {
     "load_darknet_weights": "netspec.weights",
     "save_darknet_weights": "netspec.weights",
     "export_onnx": "netspec.onnx_export",
+    "load_port": "netspec.ports",
 }
 
 __all__ = ["CfgError", "CheckpointError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
