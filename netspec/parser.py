@@ -35,9 +35,8 @@ def _lark():
     class _ToTuples(Transformer):
         # Runs inside the LALR parser (no parse tree is kept): returns plain tuples that
         # _document() turns into Blocks and Options once the source text is at hand.
-        def header(self, *tokens):
-            name = tokens[0] if tokens else None
-            return ("header", name)
+        def header(self, bracket, name=None):
+            return ("header", bracket, name)
 
         def option(self, key, value):
             return ("option", key, value)
@@ -213,16 +212,14 @@ def _blank_line(text: str, line_no: int) -> str:
 def _document(lines, text: str, path: str | None) -> Document:
     blocks: list[Block] = []
     problems: list[Problem] = []
-    # '[]' yields no token to take a position from: find those lines in the text instead.
-    empty_headers = iter(i + 1 for i, ln in enumerate(text.split("\n")) if _EMPTY_HEADER.match(ln))
     for entry in lines:
         if entry[0] == "header":
-            token = entry[1]
-            if token is None:
-                problems.append(Problem("empty section name '[]'", path, next(empty_headers, None), 1))
+            _, bracket, token = entry
+            if token is None or not str(token).strip():  # '[]' or '[ ]'
+                problems.append(Problem("empty section name '[]'", path, bracket.line, bracket.column))
                 continue
             name = str(token).strip()
-            blocks.append(Block(name, token.line, token.column - 1))
+            blocks.append(Block(name, bracket.line, bracket.column))
             continue
         _, key, raw_items = entry
         items = tuple(_item(text, raw) for raw in raw_items)
@@ -243,9 +240,6 @@ def _document(lines, text: str, path: str | None) -> Document:
     if problems:
         raise CfgError(problems)
     return Document(blocks, path, text)
-
-
-_EMPTY_HEADER = re.compile(r"[ \t\f\v]*\[[ \t\f\v]*\]")
 
 
 def _item(text: str, raw) -> Item:

@@ -197,11 +197,19 @@ def test_unicode_line_separators_do_not_shift_error_lines(separator):
     ("[net]\nwidth=32=3\n", 2, 9, "unexpected '=3'"),
     ("[net]\nx=[1]\n", 2, 3, "unexpected '[1'"),
     ("[net]\nbogus\n", 2, 6, "expected '=' and a value after the key"),
+    ("[net]\n[]\n", 2, 1, "empty section name"),
+    ("[net]\n  [ ]\n", 2, 3, "empty section name"),
 ])
 def test_syntax_error_positions(text, line, col, fragment):
     err = _error(text)
     assert (err.line, err.col) == (line, col), str(err)
     assert fragment in str(err)
+
+
+def test_every_empty_header_is_reported_on_its_own_line():
+    # an iterator over '[]'-looking lines went out of step when a '[ ]' came first
+    err = _error("[net]\n[ ]\nx=1\n\t[]\n")
+    assert [(p.line, p.col) for p in err.problems] == [(2, 1), (4, 2)]
 
 
 def test_every_syntax_error_is_reported():
