@@ -141,9 +141,14 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         ckpt, header = read_netspec_file(args.input)
-        net = ckpt.network
+        options = dict(ckpt.build_args)
+        options.update({k: v for k, v in (("width", args.width), ("height", args.height)) if v})
+        options.setdefault("strict", not args.lenient)
+        net = build(ckpt.cfg_text, **options)
+        report = ckpt.load_into(net, strict=True)
         _set_header(net, header)
-        print(f"loaded {args.input}: network rebuilt from the cfg it carries", file=sys.stderr)
+        print(f"loaded {args.input}: {len(report.loaded)} tensors into the network built from the cfg it carries",
+              file=sys.stderr)
     else:
         net = build(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient)
         print_warnings(net.warnings)
