@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "check": "validate cfg files only (for editors and pre-commit)",
     "params": "list every parameter with its final learning rate, decay and what set them",
     "schedule": "print (or --plot) the learning rate of every optimizer step",
+    "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",
     "export": "export a network to ONNX (optionally with box decoding in the graph)",
     "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",
 }
