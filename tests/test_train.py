@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch
 
 from netspec.checkpoint import list_checkpoints, load_checkpoint
 from netspec.cli import main
-from netspec.train import Sampler, TrainError, Trainer, load_dataset
+from netspec.train import Sampler, Trainer, TrainError, load_dataset
 
 from .conftest import CFGS, REPO
 
@@ -200,7 +199,6 @@ def _torchrun(nproc: int, cfg, data, out, *extra: str) -> subprocess.CompletedPr
 def test_torchrun_two_processes_then_resume_on_one(tiny):
     tmp, write = tiny
     data, out = tmp / "data.npz", tmp / "ddp"
-    started = time.monotonic()
     run = _torchrun(2, write(4), data, out, "--save-every", "2")
     assert run.returncode == 0, run.stdout + run.stderr
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
@@ -211,4 +209,3 @@ def test_torchrun_two_processes_then_resume_on_one(tiny):
     final = load_checkpoint(out)
     assert final.step == 8 and final.state["history"][:4] == first.state["history"]
     assert not torch.equal(final.model_state["layers.0.conv.weight"], first.model_state["layers.0.conv.weight"])
-    del started
