@@ -207,6 +207,21 @@ def _darknet_default(target: _Target, gen: torch.Generator) -> None:
         t.uniform_(mean - std, mean + std, generator=gen)
 
 
+def _init_uncovered(layer: nn.Module, targets: list[_Target], seed: int, stable: str) -> None:
+    """Parameters of module kinds this file does not know: Darknet-style for matrices, zeros otherwise
+    (a network may be built on the meta device, so nothing may be left unfilled)."""
+    covered = {id(t.tensor) for t in targets if t.role != "bn_stats"}
+    covered |= {id(x) for t in targets if t.role == "bn_stats" for x in t.tensor.parameters()}
+    for name, param in layer.named_parameters():
+        if id(param) in covered:
+            continue
+        if param.dim() >= 2:
+            scale = math.sqrt(2.0 / max(1, param[0].numel()))
+            param.uniform_(-scale, scale, generator=generator_for(seed, f"{stable}:{name}"))
+        else:
+            param.zero_()
+
+
 def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | None = None) -> nn.Module:
     """Initialize every parameter of a built :class:`~netspec.network.Network` (in place; returns ``net``).
 
@@ -238,6 +253,7 @@ def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | Non
                 raise _problem(layer_spec, key, f"{key}= given, but this block has no biases")
             if bias_init is not None and bias_prob is not None:
                 raise _problem(layer_spec, "bias_prob", "give either bias_init= or bias_prob=, not both")
+            _init_uncovered(layer, targets, seed, stable)
             for target in targets:
                 if target.role == "bn_stats":
                     bn = target.tensor
