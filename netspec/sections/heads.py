@@ -63,8 +63,10 @@ class YoloBuffer(nn.Module):
         logistic_mask[list(logistic)] = True
         affine_mask = torch.zeros(entries, dtype=torch.bool)
         affine_mask[list(affine)] = True
-        self.register_buffer("logistic_mask", logistic_mask.view(1, 1, entries, 1, 1), persistent=False)
-        self.register_buffer("affine_mask", affine_mask.view(1, 1, entries, 1, 1), persistent=False)
+        # 3-D (entries, 1, 1), broadcast over (batch, anchors, entries, h, w): a 4-D or 5-D buffer would
+        # make net.to(memory_format=torch.channels_last) fail.
+        self.register_buffer("logistic_mask", logistic_mask.view(entries, 1, 1), persistent=False)
+        self.register_buffer("affine_mask", affine_mask.view(entries, 1, 1), persistent=False)
         self.any_logistic = bool(logistic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
