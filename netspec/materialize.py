@@ -55,7 +55,7 @@ def assemble_uninitialized(spec: NetSpec, darknet_bugs: bool = True):
             del ctx.warnings[n_warnings:]
             module = layer.section.module(layer, ctx)
         ctx.modules.append(module)
-    net = Network(spec, ctx.modules, ctx.warnings)
+    net = Network(spec, ctx.modules, ctx.warnings, darknet_bugs)
     net._apply(_allocate)
     return net
 

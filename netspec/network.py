@@ -49,9 +49,11 @@ def output_indices(spec: NetSpec) -> tuple[int, ...]:
 class Network(nn.Module):
     """A network built from a cfg.  ``layers[i]`` is Darknet layer ``i`` (the i-th section after [net])."""
 
-    def __init__(self, spec: NetSpec, layers: list[nn.Module], warnings: list[Problem] | None = None) -> None:
+    def __init__(self, spec: NetSpec, layers: list[nn.Module], warnings: list[Problem] | None = None,
+                 darknet_bugs: bool = True) -> None:
         super().__init__()
         self.spec = spec
+        self.darknet_bugs = darknet_bugs  # how the modules were built (a checkpoint rebuilds the same way)
         self.layers = nn.ModuleList(layers)
         self.warnings: list[Problem] = list(spec.warnings) + list(warnings or ())
         self.outputs = output_indices(spec)
@@ -131,4 +133,4 @@ def assemble(spec: NetSpec, darknet_bugs: bool = True) -> Network:
     ctx = BuildContext(spec.layers, spec.net, darknet_bugs)
     for layer in spec.layers:
         ctx.modules.append(layer.section.module(layer, ctx))
-    return Network(spec, ctx.modules, ctx.warnings)
+    return Network(spec, ctx.modules, ctx.warnings, darknet_bugs)

@@ -267,3 +267,9 @@ def test_softmax_spatial_is_ignored_like_darknet_cpu_unless_asked():
     assert torch.allclose(y.flatten(), torch.softmax(x.flatten(), 0))
     (y,) = run(net_of(body, darknet_bugs=False), x)
     assert torch.allclose(y, torch.softmax(x, 1))
+
+
+def test_network_records_darknet_bugs_setting():
+    assert net_of("[dropout]\n").darknet_bugs is True
+    assert net_of("[dropout]\n", darknet_bugs=False).darknet_bugs is False
+    assert net_of("[dropout]\n", darknet_bugs=False, seed=None).darknet_bugs is False

@@ -30,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
         for w in spec.warnings:
             print(str(w), file=sys.stderr)
         if not args.quiet:
-            print(f"{name}: ok ({len(spec.layers)} layers)")
+            n = len(spec.layers)
+            print(f"{name}: ok ({n} layer{'s' if n != 1 else ''})")
     return 1 if failed else 0
