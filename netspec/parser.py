@@ -167,6 +167,10 @@ def parse_text(text: str, path: str | None = None) -> Document:
     text = _LONE_CR.sub("\n", text)
     _check_text(text, path)
     parser = _lark()
+    try:
+        return _document(_fast_entries(text, parser), text, path)
+    except _NotSimple:
+        pass  # a line the fast path cannot take: the whole file goes through Lark, with error recovery
     problems: list[Problem] = []
     work = text
     lines = _split_lines(text)
@@ -191,6 +195,73 @@ def parse_text(text: str, path: str | None = None) -> Document:
 
 
 _LONE_CR = re.compile(r"\r(?!\n)")
+
+# The fast path.  Lark's LALR parser in pure Python takes minutes and gigabytes for a 50 MB cfg.  Almost every
+# line of a real cfg is one of these simple forms, which one regex recognises; they yield exactly the entries
+# the grammar's transformer would (tests/test_fuzz_parser.py checks that on generated files).  Any other line
+# is parsed alone by Lark, and a line Lark rejects sends the whole file through Lark for its error reports.
+_ATOM = r"[^\s,=#;()\[\]]+"
+_SIMPLE_LINE = re.compile(rf"""[ \t]*(?:
+    (?P<key>[A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*(?P<value>{_ATOM}(?:[ \t]*,[ \t]*{_ATOM})*)
+    | \[(?P<section>[A-Za-z_][A-Za-z0-9_]*)\]
+    )?[ \t]*(?:[#;].*)?""", re.X)
+_ATOM_RE = re.compile(_ATOM)
+
+
+class _NotSimple(Exception):
+    """The fast path cannot parse the file (Lark rejects one of its lines)."""
+
+
+def _fast_entries(text: str, parser):
+    """The transformer's entries for ``text`` (a generator; raises _NotSimple for a syntax error)."""
+    from lark import Token
+    from lark.exceptions import UnexpectedInput
+
+    start = 0
+    for line_no, line in enumerate(text.split("\n"), 1):
+        offset = start
+        start += len(line) + 1
+        if line.endswith("\r"):
+            line = line[:-1]
+        m = _SIMPLE_LINE.fullmatch(line)
+        if m is None:
+            try:
+                entries = parser.parse(line)
+            except UnexpectedInput:
+                raise _NotSimple from None
+            yield from (_moved(entry, offset, line_no) for entry in entries)
+            continue
+        section = m.group("section")
+        if section is not None:
+            col = m.start("section")
+            yield ("header", Token("LSQB", "[", offset + col - 1, line_no, col),
+                   Token("SECTION", section, offset + col, line_no, col + 1))
+            continue
+        key = m.group("key")
+        if key is None:
+            continue  # blank or comment line
+        col = m.start("key")
+        key_token = Token("KEY", key, offset + col, line_no, col + 1)
+        base = m.start("value")
+        items = tuple(("item", offset + base + a.start(), offset + base + a.end(), line_no, base + a.start() + 1, None)
+                      for a in _ATOM_RE.finditer(m.group("value")))
+        yield ("option", key_token, items)
+
+
+def _moved(entry, offset: int, line_no: int):
+    """An entry of a line parsed on its own, moved to where the line is in the file."""
+    from lark import Token
+
+    def token(t):
+        if t is None:
+            return None
+        return Token(t.type, str(t), t.start_pos + offset, line_no, t.column)
+
+    if entry[0] == "header":
+        return ("header", token(entry[1]), token(entry[2]))
+    _, key, items = entry
+    return ("option", token(key), tuple((kind, s + offset, e + offset, line_no, col, call)
+                                        for kind, s, e, _, col, call in items))
 
 
 def _split_lines(text: str) -> list[str]:
