@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 from .document import Block, Call, Document, Item, Option
@@ -218,7 +219,7 @@ def _fast_entries(text: str, parser):
     from lark.exceptions import UnexpectedInput
 
     start = 0
-    for line_no, line in enumerate(text.split("\n"), 1):
+    for line_no, line in enumerate(_iter_lines(text), 1):
         offset = start
         start += len(line) + 1
         if line.endswith("\r"):
@@ -246,6 +247,18 @@ def _fast_entries(text: str, parser):
         items = tuple(("item", offset + base + a.start(), offset + base + a.end(), line_no, base + a.start() + 1, None)
                       for a in _ATOM_RE.finditer(m.group("value")))
         yield ("option", key_token, items)
+
+
+def _iter_lines(text: str):
+    """``text.split("\\n")`` one line at a time (the whole list of a 50 MB file's lines is 200 MB)."""
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
 
 
 def _moved(entry, offset: int, line_no: int):
@@ -293,7 +306,6 @@ def _document(lines, text: str, path: str | None) -> Document:
             blocks.append(Block(name, bracket.line, bracket.column))
             continue
         _, key, raw_items = entry
-        items = tuple(_item(text, raw) for raw in raw_items)
         value_col = key.column + len(str(key)) + 1
         if raw_items:
             start = raw_items[0][1]
@@ -302,7 +314,12 @@ def _document(lines, text: str, path: str | None) -> Document:
             value_col = raw_items[0][4]
         else:
             raw = ""
-        option = Option(str(key), items, key.line, key.column, value_col, raw)
+        if len(raw_items) == 1 and raw_items[0][5] is None:
+            # one plain item: its text is the raw value; sharing the string halves a large file's memory
+            items = (Item(raw, raw_items[0][3], raw_items[0][4]),)
+        else:
+            items = tuple(_item(text, raw) for raw in raw_items)
+        option = Option(sys.intern(str(key)), items, key.line, key.column, value_col, raw)
         if not blocks:
             problems.append(Problem(f"option '{key}' before the first section header; the file must start "
                                     "with [net]", path, key.line, key.column))
