@@ -77,6 +77,7 @@ class Int(Key):
     min: int | None = None
     max: int | None = None
     kind = "integer"
+    zero = 0
 
     def parse_item(self, key: str, item: Item, lenient: bool, warn) -> int:
         text = item.text
@@ -118,6 +119,7 @@ class Float(Key):
     max: float | None = None
     min_open: bool = False  # True: value must be > min
     kind = "number"
+    zero = 0.0
 
     def parse_item(self, key: str, item: Item, lenient: bool, warn) -> float:
         text = item.text
@@ -180,58 +182,54 @@ class Choice(Key):
                             f"{did_you_mean(text, self.choices)}", item.line, item.col)
 
 
+class _ListKey(Key):
+    """A comma-separated list whose elements are read by ``element()``; an empty element is Darknet's 0."""
+
+    min_len: int = 1
+    kind = "list"
+
+    def element(self) -> Int | Float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert(self, option: Option, lenient: bool, warn) -> tuple:
+        if not option.items or option.raw == "":
+            raise KeyValueError(f"'{option.key}' has an empty value", option.line, option.value_col)
+        element = self.element()
+        values = []
+        for item in option.items:
+            if item.call is not None:
+                raise KeyValueError(f"'{option.key}' takes a {self.kind}, not a call", item.line, item.col)
+            if item.text == "":
+                if not lenient:
+                    raise KeyValueError(f"empty element in '{option.key}' (a stray comma? Darknet would read it "
+                                        "as 0)", item.line, item.col)
+                warn(f"empty element in '{option.key}' read as 0, as Darknet does", item.col)
+                values.append(type(element).zero)
+                continue
+            values.append(element.parse_item(option.key, item, lenient, warn))
+        if len(values) < self.min_len:
+            raise KeyValueError(f"'{option.key}' needs at least {self.min_len} values", option.line, option.value_col)
+        return tuple(values)
+
+
 @dataclass
-class IntList(Key):
+class IntList(_ListKey):
     min_len: int = 1
     min: int | None = None
     max: int | None = None
     kind = "list of integers"
 
-    def convert(self, option: Option, lenient: bool, warn) -> tuple[int, ...]:
-        if not option.items or option.raw == "":
-            raise KeyValueError(f"'{option.key}' has an empty value", option.line, option.value_col)
-        element = Int(min=self.min, max=self.max)
-        values = []
-        for item in option.items:
-            if item.call is not None:
-                raise KeyValueError(f"'{option.key}' takes a list of integers, not a call", item.line, item.col)
-            if item.text == "":
-                if not lenient:
-                    raise KeyValueError(f"empty element in '{option.key}' (a stray comma? Darknet would read it "
-                                        "as 0)", item.line, item.col)
-                warn(f"empty element in '{option.key}' read as 0, as Darknet does", item.col)
-                values.append(0)
-                continue
-            values.append(element.parse_item(option.key, item, lenient, warn))
-        if len(values) < self.min_len:
-            raise KeyValueError(f"'{option.key}' needs at least {self.min_len} values", option.line, option.value_col)
-        return tuple(values)
+    def element(self) -> Int:
+        return Int(min=self.min, max=self.max)
 
 
 @dataclass
-class FloatList(Key):
+class FloatList(_ListKey):
     min_len: int = 1
     kind = "list of numbers"
 
-    def convert(self, option: Option, lenient: bool, warn) -> tuple[float, ...]:
-        if not option.items or option.raw == "":
-            raise KeyValueError(f"'{option.key}' has an empty value", option.line, option.value_col)
-        element = Float()
-        values = []
-        for item in option.items:
-            if item.call is not None:
-                raise KeyValueError(f"'{option.key}' takes a list of numbers, not a call", item.line, item.col)
-            if item.text == "":
-                if not lenient:
-                    raise KeyValueError(f"empty element in '{option.key}' (a stray comma? Darknet would read it "
-                                        "as 0)", item.line, item.col)
-                warn(f"empty element in '{option.key}' read as 0, as Darknet does", item.col)
-                values.append(0.0)
-                continue
-            values.append(element.parse_item(option.key, item, lenient, warn))
-        if len(values) < self.min_len:
-            raise KeyValueError(f"'{option.key}' needs at least {self.min_len} values", option.line, option.value_col)
-        return tuple(values)
+    def element(self) -> Float:
+        return Float()
 
 
 @dataclass

@@ -42,6 +42,17 @@ _YOLO_TRAINING_KEYS = {
 }
 
 
+# Keys [yolo] and [Gaussian_yolo] share: the head geometry.
+_YOLO_HEAD_KEYS = {
+    "classes": Int(20, "number of classes", min=1),
+    "num": Int(1, "number of anchors in anchors=", min=1),
+    "mask": IntList(None, "which anchors this head uses"),
+    "anchors": FloatList(None, "anchor w,h pairs in input pixels"),
+    "max": Int(200, "max boxes per image", min=1),
+    "scale_x_y": Float(1.0, "grid sensitivity", min=0),
+}
+
+
 class YoloBuffer(nn.Module):
     """Darknet's ``[yolo]``/``[Gaussian_yolo]`` inference buffer: logistic on some entries of each
     anchor's block and ``s*v - (s-1)/2`` on x and y.  Computed in float32 (also under autocast)."""
@@ -133,12 +144,7 @@ class _YoloBase(Section):
 class Yolo(_YoloBase):
     name = "yolo"
     keys = {
-        "classes": Int(20, "number of classes", min=1),
-        "num": Int(1, "number of anchors in anchors=", min=1),
-        "mask": IntList(None, "which anchors this head uses"),
-        "anchors": FloatList(None, "anchor w,h pairs in input pixels"),
-        "max": Int(200, "max boxes per image", min=1),
-        "scale_x_y": Float(1.0, "grid sensitivity", min=0),
+        **_YOLO_HEAD_KEYS,
         "new_coords": Flag(0, "YOLOv4-csp/v7 box encoding"),
         "nms_kind": Choice("default", "NMS used after the last head",
                            choices=("default", "greedynms", "diounms")),
@@ -159,12 +165,7 @@ class GaussianYolo(_YoloBase):
     name = "Gaussian_yolo"
     entries_base = 9
     keys = {
-        "classes": Int(20, "number of classes", min=1),
-        "num": Int(1, "number of anchors in anchors=", min=1),
-        "mask": IntList(None, "which anchors this head uses"),
-        "anchors": FloatList(None, "anchor w,h pairs in input pixels"),
-        "max": Int(200, "max boxes per image", min=1),
-        "scale_x_y": Float(1.0, "grid sensitivity", min=0),
+        **_YOLO_HEAD_KEYS,
         "uc_normalizer": Float(1.0, "loss", **_T),
         "yolo_point": Choice("center", "box reference point", choices=("center", "left_top", "right_bottom")),
         "nms_kind": Choice("default", "NMS used after the last head",
