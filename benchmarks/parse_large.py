@@ -58,7 +58,9 @@ import json, resource, sys, time
 import netspec
 from netspec.parser import parse_text
 from netspec.specs import Limits, build_specs
-parse_text("[net]\nwidth=1\n")  # build the Lark parser before the baseline
+from netspec.sections.base import registry
+parse_text("[net]\nwidth=1\n")  # build the Lark parser and import the sections (and torch) before the baseline
+registry()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 path, step = sys.argv[1], sys.argv[2]
 text = open(path, encoding="utf-8").read()

@@ -243,6 +243,13 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         sources = ((previous,) if section.reads_previous else ()) + _ref_sources(section, p)
         in_shapes = tuple(input_shape if s < 0 else specs[s].out_shape for s in sources) or (
             (input_shape if previous < 0 else specs[previous].out_shape),)
+        flat = [s for s in sources if s >= 0 and specs[s].info.darknet_out == (0, 0, 0)]
+        if flat and section.needs_image:
+            src = specs[flat[0]]
+            out.add(f"{label}: needs an image input, but layer {src.index} [{src.type}] outputs a flat vector "
+                    "(Darknet reports no image size for it)", block.line, block.col + 1)
+            shapes_known = False
+            continue
         try:
             info = section.infer(p, list(in_shapes), ctx)
         except SpecError as exc:
@@ -287,17 +294,22 @@ def _ref_sources(section: Section, p: Params) -> tuple[int, ...]:
 def _check_limits(spec: NetSpec, limits: Limits) -> None:
     params = spec.total_params
     act = spec.activation_bytes()
+    estimate = (f"the network would have {params:,} parameters ({params * 4 / 2**30:.1f} GiB) and need "
+                f"{act / 2**30:.1f} GiB of layer outputs for one image")
     problems = []
     if params > limits.max_params:
-        problems.append(f"the network would have {params:,} parameters ({params * 4 / 2**30:.1f} GiB), more than "
-                        f"the limit of {limits.max_params:,} (raise max_params / --max-params to allow it)")
+        big = max(spec.layers, key=lambda s: s.info.params)
+        problems.append((big, f"{estimate}: more parameters than the limit of {limits.max_params:,} (the largest "
+                              f"layer, {big.label}, has {big.info.params:,}; raise max_params / --max-params to "
+                              "allow it)"))
     if act > limits.max_activation_bytes:
-        problems.append(f"one forward pass would need {act / 2**30:.1f} GiB of layer outputs at batch 1, more "
-                        f"than the limit of {limits.max_activation_bytes / 2**30:.1f} GiB (raise "
-                        "max_activation_bytes / --max-activation-bytes to allow it)")
+        big = max(spec.layers, key=lambda s: _numel(s.out_shape))
+        problems.append((big, f"{estimate}: more than the limit of {limits.max_activation_bytes / 2**30:.1f} GiB "
+                              f"of layer outputs (the largest, {big.label}, is {'x'.join(map(str, big.out_shape))} "
+                              "(c x h x w); raise max_activation_bytes / --max-activation-bytes to allow it)"))
     if problems:
-        first = spec.document.blocks[0]
-        raise LimitError([Problem(m, spec.path, first.line, first.col + 1) for m in problems])
+        # point at the layer that contributes most: that is where the cfg needs changing
+        raise LimitError([Problem(m, spec.path, big.block.line, big.block.col + 1) for big, m in problems])
 
 
 __all__ = ["Inference", "LayerSpec", "Limits", "NetSpec", "build_specs"]
