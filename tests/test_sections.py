@@ -273,3 +273,10 @@ def test_network_records_darknet_bugs_setting():
     assert net_of("[dropout]\n").darknet_bugs is True
     assert net_of("[dropout]\n", darknet_bugs=False).darknet_bugs is False
     assert net_of("[dropout]\n", darknet_bugs=False, seed=None).darknet_bugs is False
+
+
+def test_image_layer_after_a_flat_softmax_is_rejected_like_darknet():
+    with pytest.raises(netspec.CfgError, match=r"#1: needs an image input, but layer 0 \[softmax\] outputs a flat"):
+        net_of("[softmax]\n[convolutional]\nfilters=2\nsize=1\n")
+    net = net_of("[softmax]\n[cost]\n")  # the usual classifier tail stays fine
+    assert net.outputs == (0,)

@@ -127,6 +127,7 @@ class Section:
     keys: ClassVar[dict[str, Key]] = {}
     refs: ClassVar[tuple[str, ...]] = ()  # keys whose values are layer references
     reads_previous: ClassVar[bool] = True  # False: the layer ignores the previous layer's output
+    needs_image: ClassVar[bool] = True  # False: also takes the flat output of [softmax]/[cost]/[detection]
     is_layer: ClassVar[bool] = True  # False only for [net]
     supported: ClassVar[bool] = True
     is_head: ClassVar[bool] = False  # [yolo], [region], ...: outputs of a detection network

@@ -326,6 +326,7 @@ class DetectionBuffer(nn.Module):
 @register
 class Detection(Section):
     name = "detection"
+    needs_image = False
     is_head = True
     keys = {
         "coords": Int(1, "box coordinates per box", min=1),

@@ -46,6 +46,7 @@ class Connected(nn.Module):
 @register
 class ConnectedSection(Section):
     name = "connected"
+    needs_image = False
     aliases = ("conn",)
     keys = {"output": Int(1, "output size", min=1), "activation": activation_key("logistic"),
             "batch_normalize": Flag(0, "batch normalization")}
@@ -111,6 +112,7 @@ class Dropout(nn.Module):
 @register
 class DropoutSection(Section):
     name = "dropout"
+    needs_image = False
     keys = {"probability": Float(0.2, "drop probability", min=0, max=1),
             "dropblock": Flag(0, "DropBlock (training; netspec uses plain dropout)", **_T),
             "dropblock_size_rel": Float(0, "DropBlock size", **_T),
@@ -123,6 +125,7 @@ class DropoutSection(Section):
 @register
 class Empty(Section):
     name = "empty"
+    needs_image = False
     aliases = ("silence",)
     keys = {}
 
@@ -146,6 +149,7 @@ class Activate(nn.Module):
 @register
 class ActivationSection(Section):
     name = "activation"
+    needs_image = False
     keys = {"activation": activation_key("linear")}
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
@@ -173,6 +177,7 @@ class Implicit(nn.Module):
 @register
 class ImplicitSection(Section):
     name = "implicit"  # reads the previous output only for its batch size
+    needs_image = False
     keys = {"filters": Int(128, "channels", min=1), "atoms": Int(1, "height", min=1),
             "mean": Float(0.0, "init mean", **_T), "std": Float(0.2, "init spread", min=0, **_T)}
 
@@ -222,6 +227,7 @@ class Zeros(nn.Module):
 @register
 class Cost(Section):
     name = "cost"
+    needs_image = False
     keys = {"type": Choice("sse", "loss", choices=("sse", "masked", "smooth", "L1", "seg", "wgan"), **_T),
             "scale": Float(1.0, "loss scale", **_T), "ratio": Float(0.0, "hard-example ratio", **_T),
             "noobj": Float(1.0, "loss", **_T), "thresh": Float(0.0, "loss", **_T)}
@@ -236,6 +242,7 @@ class Cost(Section):
 @register
 class Contrastive(Section):
     name = "contrastive"
+    needs_image = False
     refs = ("yolo_layer",)
     ref_keys_not_read = ("yolo_layer",)
     keys = {"classes": Int(1000, "classes", min=1, **_T), "yolo_layer": Int(None, "yolo layer", **_T),
@@ -276,6 +283,7 @@ class Softmax(nn.Module):
 @register
 class SoftmaxSection(Section):
     name = "softmax"
+    needs_image = False
     aliases = ("soft",)
     keys = {"groups": Int(1, "contiguous chunks soft-maxed separately", min=1),
             "temperature": Float(1.0, "divides the input", min=0, min_open=True),
