@@ -96,6 +96,81 @@ def inplace_activation(fn: Activation) -> Activation:
     return InplaceActivation(fn, inplace) if inplace is not None else fn
 
 
+def _mkldnn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Activations oneDNN applies inside the convolution (post-ops); the others run right after it.
+_POST_OPS: dict[Activation, tuple[str, list]] = {
+    activations.FUNCTIONS["linear"]: ("none", []),
+    activations.FUNCTIONS["leaky"]: ("leaky_relu", [0.1]),
+    activations.FUNCTIONS["relie"]: ("leaky_relu", [0.01]),
+    activations.FUNCTIONS["relu"]: ("relu", []),
+    activations.FUNCTIONS["logistic"]: ("sigmoid", []),
+    activations.FUNCTIONS["swish"]: ("swish", []),
+    activations.FUNCTIONS["tanh"]: ("tanh", []),
+}
+
+
+class PackedConv:
+    """Inference fast path of a fused conv layer on the CPU: the weights reordered once into oneDNN's
+    blocked layout (in the compute dtype: float32, or bfloat16 under autocast or for bf16 inputs),
+    bias and activation applied inside the convolution, channels_last activations.
+
+    Without it every call reorders the weights again (and autocast casts them to bf16 again).  Used only
+    where it computes the same thing: no autograd, not while tracing or compiling (inductor's freezing
+    packs weights itself), CPU, float32/bfloat16.  The packed copy is a cache, not state: dropped on
+    copy and pickling, rebuilt when the weights, dtype or input shape change."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._packed: tuple | None = None
+
+    def __deepcopy__(self, memo) -> PackedConv:
+        return PackedConv()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or x.device.type != "cpu" or x.dim() != 4):
+            return None
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return None
+        conv = layer.conv
+        weight, bias = conv.weight, conv.bias
+        key = (dtype, tuple(x.shape), weight.data_ptr(), weight._version, bias.data_ptr(), bias._version)
+        if key != self._key:
+            try:
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    weight.detach().to(dtype).to_mkldnn(), list(conv.padding), list(conv.stride),
+                    list(conv.dilation), conv.groups, list(x.shape))
+            except RuntimeError:  # a shape or dtype oneDNN does not take: the regular path
+                return None
+            fn = layer.act_fn.fn if isinstance(layer.act_fn, InplaceActivation) else layer.act_fn
+            attr, scalars = _POST_OPS.get(fn, ("none", []))
+            self._packed = (packed, bias.detach().float(), attr, scalars, attr == "none" and fn is not _linear)
+            self._key = key
+        packed, b, attr, scalars, apply_after = self._packed
+        x = x.to(dtype, memory_format=torch.channels_last)
+        y = torch.ops.mkldnn._convolution_pointwise(x, packed, b, list(conv.padding), list(conv.stride),
+                                                    list(conv.dilation), conv.groups, attr, scalars, "")
+        if apply_after:
+            y = layer.act_fn(y)
+        return layer.blur(y) if layer.blur is not None else y
+
+
+_linear = activations.FUNCTIONS["linear"]
+
+
 def fuse_network(net) -> None:
     """Fold BN into conv/connected layers and switch activations on fresh outputs to in-place."""
     from .sections.convolutional import ConvLayer
@@ -107,6 +182,9 @@ def fuse_network(net) -> None:
             # A sharing layer reads its source's (now folded) conv and finds no BN there.
             if not module._share and module.bn is not None:
                 _fold_into(module, module.conv)
+            if (not module._share and not module.xnor and not getattr(module, "binary", False)
+                    and module.conv.bias is not None and _mkldnn_available()):
+                module.fast = PackedConv()
         elif isinstance(module, Connected) and module.bn is not None:
             _fold_into(module, module.linear)
         # These modules apply the activation to a tensor they have just created (the conv/linear

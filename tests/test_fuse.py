@@ -224,3 +224,49 @@ def test_cli_build_with_weights_and_fuse(tmp_path):
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         assert "connected" in run.stdout
+
+
+# ------------------------------------------------------------------ oneDNN fast path of fused convs
+
+def _fast_layers(net):
+    return [m for m in net.layers if getattr(m, "fast", None) is not None]
+
+
+@pytest.fixture
+def fused_small():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("PyTorch built without oneDNN: fused convs use the regular path")
+    net = _random_bn(netspec.build(SMALL_CFG)).eval()
+    return net, copy.deepcopy(net).fuse()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_packed_conv_path_is_used_and_matches(fused_small, dtype):
+    net, fused = fused_small
+    x = torch.rand(2, 3, 32, 32)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), ctx:
+        expected, got = net(x), fused(x)
+    assert _fast_layers(fused) and all(m.fast._key is not None for m in _fast_layers(fused))
+    tol = 1e-5 if dtype == "fp32" else 3e-2
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)
+
+
+def test_packed_weights_follow_weight_changes_and_are_not_copied(fused_small, tmp_path):
+    _, fused = fused_small
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        fused(x)
+        fused.layers[0].conv.weight.mul_(2)  # in place: the packed copy must be rebuilt
+        got = fused(x)
+        clone = copy.deepcopy(fused)
+        assert all(m.fast._key is None for m in _fast_layers(clone))
+        torch.save(fused, tmp_path / "fused.pt")
+        loaded = torch.load(tmp_path / "fused.pt", weights_only=False)
+        for m in _fast_layers(fused):
+            m.fast = None  # the regular path on the same (doubled) weights
+        expected = fused(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,11 @@ class ConvLayer(nn.Module):
         return self._share[0] if self._share else self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = getattr(self, "fast", None)  # set by Network.fuse(): oneDNN-packed weights for inference
+        if fast is not None:
+            y = fast(self, x)
+            if y is not None:
+                return y
         src = self.source
         if self.xnor or self.binary:
             return self._forward_binary(x, src)
