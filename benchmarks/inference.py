@@ -1,0 +1,235 @@
+"""Inference speed and memory: netspec (fused) against a port-style PyTorch rendering and a conv probe.
+
+In one process, on the same machine, with the same weights (``--threads``, default 2):
+
+* probe: one 3x3 conv, 256 -> 512 channels at 52x52, batch 1: GFLOP/s in fp32 and under bf16 autocast;
+* for each net (default yolov3, yolov4, yolov4-tiny at 416x416), batch 1 and 8, fp32 and bf16 autocast:
+  median forward latency of netspec fused (``Network.fuse``), netspec unfused (eval) and the port-style
+  baseline (``port_style.py``: conv+BN+activation modules, every output kept, no fusion), runs interleaved;
+  GFLOP/s counted with Darknet's BFLOPs and its share of the probe;
+* ``--compile``: the same under ``torch.compile`` (inductor, ``freezing=True``), batch 1: compile time and
+  speed relative to the same model's eager fp32;
+* ``--rss``: peak RSS growth during one forward (batch 1), each case in a fresh process.
+
+    python benchmarks/inference.py [--nets yolov3 yolov4 yolov4-tiny] [--repeat 5] [--compile] [--rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from port_style import port_style_from, same_outputs  # noqa: E402
+
+import netspec  # noqa: E402
+
+
+def cfg_path(name: str, cfg_dir: str | None) -> Path:
+    for folder in [cfg_dir] if cfg_dir else [REPO.parent / "shared" / "darknet-cfgs", REPO / "cfgs"]:
+        path = Path(folder) / f"{name}.cfg"
+        if path.exists():
+            return path
+    raise SystemExit(f"{name}.cfg not found (give --cfg-dir)")
+
+
+def make_nets(name: str, size: int, cfg_dir: str | None):
+    """(netspec fused, netspec unfused, port-style baseline, BFLOPs per image), all with the same weights."""
+    import copy
+
+    net = netspec.build(cfg_path(name, cfg_dir), size, size, strict=False)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking BN statistics, so that nothing is a no-op
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    net.eval()
+    base = port_style_from(net)
+    fused = copy.deepcopy(net).fuse()
+    return fused, net, base, net.spec.total_bflops
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def interleaved(fns: dict, repeat: int, warmup: int = 1) -> dict:
+    """Median seconds per call of each function, calls interleaved so that load changes hit all alike."""
+    times: dict = {k: [] for k in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def probe(repeat: int) -> dict:
+    conv = torch.nn.Conv2d(256, 512, 3, padding=1, bias=False).eval()
+    x = torch.rand(1, 256, 52, 52)
+    flops = 2 * 256 * 512 * 9 * 52 * 52
+    out = {}
+    with torch.no_grad():
+        for dtype in ("fp32", "bf16"):
+            def run(dtype=dtype):
+                with autocast(dtype):
+                    conv(x)
+            out[dtype] = flops / interleaved({"p": run}, repeat * 3, warmup=3)["p"] / 1e9
+    return out
+
+
+def run_model(model, x, dtype):
+    with torch.no_grad(), autocast(dtype):
+        return model(x)
+
+
+def latency(args, gflops_probe: dict) -> None:
+    print(f"\n== eager latency, medians of {args.repeat} ({args.threads} threads) ==")
+    print(f"{'net':<12}{'dtype':<6}{'batch':>5}{'fused ms':>10}{'unfused ms':>11}{'port ms':>9}{'fused/port':>11}"
+          f"{'GFLOP/s':>9}{'of probe':>9}")
+    fp32_port: dict = {}
+    for name in args.nets:
+        fused, unfused, base, bflops = make_nets(name, args.size, args.cfg_dir)
+        x1 = torch.rand(1, 3, args.size, args.size)
+        diff = same_outputs(run_model(fused, x1, "fp32"), run_model(base, x1, "fp32"))
+        assert diff < 1e-3, f"{name}: netspec and the port-style baseline disagree by {diff}"
+        for dtype in args.dtypes:
+            for batch in args.batches:
+                x = torch.rand(batch, 3, args.size, args.size)
+                t = interleaved({label: (lambda m=model, x=x, d=dtype: run_model(m, x, d))
+                                 for label, model in (("fused", fused), ("unfused", unfused), ("port", base))},
+                                args.repeat)
+                gflops = bflops * batch / t["fused"]
+                if dtype == "fp32":
+                    fp32_port[(name, batch)] = t["port"]
+                print(f"{name:<12}{dtype:<6}{batch:>5}{t['fused'] * 1e3:>10.1f}{t['unfused'] * 1e3:>11.1f}"
+                      f"{t['port'] * 1e3:>9.1f}{t['port'] / t['fused']:>10.2f}x{gflops:>9.0f}"
+                      f"{gflops / gflops_probe[dtype]:>9.0%}")
+                if dtype == "bf16" and (name, batch) in fp32_port:
+                    print(f"{'':<23}bf16 fused vs fp32 port: {fp32_port[(name, batch)] / t['fused']:.2f}x faster")
+
+
+def compiled(args) -> None:
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    print(f"\n== torch.compile (inductor, freezing=True), batch 1, medians of {args.repeat} ==")
+    print(f"{'net':<12}{'model':<8}{'dtype':<6}{'compile s':>10}{'ms':>9}{'vs own eager fp32':>19}")
+    for name in args.nets:
+        fused, _, base, _ = make_nets(name, args.size, args.cfg_dir)
+        x = torch.rand(1, 3, args.size, args.size)
+        for label, model in (("netspec", fused), ("port", base)):
+            eager = interleaved({"e": lambda m=model, x=x: run_model(m, x, "fp32")}, args.repeat)["e"]
+            for dtype in args.dtypes:
+                torch._dynamo.reset()
+                fn = torch.compile(model)
+                t = time.perf_counter()
+                out = run_model(fn, x, dtype)
+                compile_s = time.perf_counter() - t
+                ref = run_model(model, x, dtype)
+                err = max(float((a.float() - b.float()).abs().max()) for a, b in zip(out, ref))
+                ms = interleaved({"c": lambda f=fn, d=dtype, x=x: run_model(f, x, d)}, args.repeat)["c"]
+                print(f"{name:<12}{label:<8}{dtype:<6}{compile_s:>10.1f}{ms * 1e3:>9.1f}{eager / ms:>18.2f}x"
+                      f"   (max |compiled - eager| {err:.2g})")
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_child(name: str, impl: str, dtype: str, size: int, cfg_dir: str | None) -> None:
+    """Peak RSS growth of one steady-state forward (after a warm-up forward) in this fresh process."""
+    import ctypes
+    import gc
+
+    fused, unfused, base, _ = make_nets(name, size, cfg_dir)
+    model = fused if impl == "netspec" else base
+    del fused, unfused, base
+    x = torch.rand(1, 3, size, size)
+    run_model(model, x, dtype)  # warm-up: oneDNN primitives, packed weights (netspec holds them)
+    gc.collect()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc_trim(0)  # hand freed heap memory back, so that reusing it does not hide growth
+    peak_so_far = _status("VmHWM")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    before = _status("VmRSS")
+    run_model(model, x, dtype)
+    after = _status("VmHWM")
+    print(json.dumps({"growth": after - before, "peak": max(peak_so_far, after), "model": before}))
+
+
+def rss(args) -> None:
+    print("\n== peak RSS growth during one forward (batch 1, after a warm-up forward, fresh process each) ==")
+    print("   (resident = process RSS before that forward, incl. weights; peak = process peak RSS, all MiB)")
+    print(f"{'net':<12}{'dtype':<6}{'netspec':>9}{'port':>7}{'ratio':>7}   resident netspec/port   peak netspec/port")
+    for name in args.nets:
+        for dtype in args.dtypes:
+            res = {}
+            for impl in ("netspec", "port"):
+                cmd = [sys.executable, __file__, "--rss-child", name, impl, dtype, "--size", str(args.size),
+                       "--threads", str(args.threads)] + (["--cfg-dir", args.cfg_dir] if args.cfg_dir else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                res[impl] = json.loads(out.strip().splitlines()[-1])
+            mib = 2**20
+            ns, port = res["netspec"], res["port"]
+            print(f"{name:<12}{dtype:<6}{ns['growth'] / mib:>9.0f}{port['growth'] / mib:>7.0f}"
+                  f"{ns['growth'] / port['growth']:>7.2f}   {ns['model'] / mib:>8.0f} / {port['model'] / mib:<8.0f}"
+                  f"      {ns['peak'] / mib:>6.0f} / {port['peak'] / mib:<6.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["yolov3", "yolov4", "yolov4-tiny"])
+    parser.add_argument("--cfg-dir", help="folder of the official cfgs (default ../shared/darknet-cfgs, then cfgs/)")
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS growth")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--rss-child", nargs=3, metavar=("NET", "IMPL", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(*args.rss_child, args.size, args.cfg_dir)
+        return
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs, input {args.size}x{args.size}")
+    gflops = probe(args.repeat)
+    print(f"conv probe (3x3, 256->512, 52x52): fp32 {gflops['fp32']:.0f} GFLOP/s, bf16 {gflops['bf16']:.0f} GFLOP/s")
+    if not args.no_latency:
+        latency(args, gflops)
+    if args.compile:
+        compiled(args)
+    if args.rss:
+        rss(args)
+
+
+if __name__ == "__main__":
+    main()
