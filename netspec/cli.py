@@ -21,6 +21,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_OUTPUT = 0, 1, 2, 3
 COMMANDS: dict[str, str] = {
     "build": "validate and build a cfg, print the layer table",
     "check": "validate cfg files only (for editors and pre-commit)",
+    "fmt": "canonical layout of cfg files (--check for pre-commit, --in-place to rewrite)",
     "params": "list every parameter with its final learning rate, decay and what set them",
     "schedule": "print (or --plot) the learning rate of every optimizer step",
     "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",

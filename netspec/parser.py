@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -343,7 +344,11 @@ def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
         path = os.fspath(source)
         try:
             with open(path, "rb") as fh:
-                data = fh.read()
+                mode = os.fstat(fh.fileno()).st_mode
+                # /dev/zero and the like never end: refuse rather than read until memory runs out
+                data = None if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else fh.read()
+        except ValueError:  # e.g. a NUL character in the name
+            raise CfgError(Problem("is not a valid file name", repr(path))) from None
         except IsADirectoryError:
             raise CfgError(Problem("is a directory, not a cfg file", path)) from None
         except FileNotFoundError:
@@ -352,6 +357,8 @@ def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
             raise CfgError(Problem("permission denied", path)) from None
         except OSError as exc:
             raise CfgError(Problem(f"cannot read: {exc.strerror or exc}", path)) from None
+        if data is None:
+            raise CfgError(Problem("is a device, not a cfg file", path))
         return _decode(data, path), path
     return source, None
 

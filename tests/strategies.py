@@ -323,6 +323,8 @@ def generated_cfgs(draw, max_layers: int = 10) -> GeneratedCfg:
         for layer in new:
             cfg.layers.append(layer)
             shapes.append(layer.out)
+        if new[-1].section == "softmax":
+            break  # Darknet gives [softmax] no image size: no image layer may follow it
     if not cfg.layers:
         cfg.layers.append(Layer("convolutional", [("filters", "1"), ("size", "1")], (1, *input_shape[1:])))
     cfg.text = render(cfg)

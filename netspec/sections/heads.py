@@ -4,6 +4,8 @@ box decoding itself lives in :mod:`netspec.detect`."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -190,6 +192,8 @@ def read_tree(path: str) -> list[tuple[int, int]]:
     groups: list[tuple[int, int]] = []
     last_parent = None
     with open(path, encoding="utf-8") as fh:
+        if not os.path.isfile(path):  # tree=/dev/zero would be read forever
+            raise ValueError(f"{path} is not a regular file")
         for i, line in enumerate(fh):
             fields = line.split()
             if not fields:
@@ -215,11 +219,19 @@ def load_tree(spec: LayerSpec, ctx: BuildContext) -> list[tuple[int, int]] | Non
     candidates = [name]
     if spec.path and not os.path.isabs(name):
         candidates.append(os.path.join(os.path.dirname(spec.path), name))
+    c, h, w = spec.in_shape
+    expected = spec.p.classes if spec.type == "region" else c * h * w
     for candidate in candidates:
         try:
-            return read_tree(candidate)
+            groups = read_tree(candidate)
         except (OSError, ValueError, IndexError):
             continue
+        covered = sum(size for _, size in groups)
+        if covered == expected:
+            return groups
+        ctx.warnings.append(spec.problem(f"tree file {name!r} lists {covered} classes but the layer has {expected}: "
+                                         "using one softmax over all classes", "tree", "warning"))
+        return None
     ctx.warnings.append(spec.problem(f"tree file {name!r} not found or unreadable: using one softmax over all "
                                      "classes instead of Darknet's hierarchical softmax", "tree", "warning"))
     return None
