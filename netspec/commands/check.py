@@ -9,6 +9,7 @@ from pathlib import Path
 from ..builder import build_spec
 from ..errors import CfgError
 from ..specs import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS, Limits
+from .common import cfg_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(DEFAULT_MAX_PARAMS, DEFAULT_MAX_ACTIVATION_BYTES)
     for name in args.cfgs:
         try:
-            spec = build_spec(Path(name), strict=not args.lenient, limits=limits)
+            source = cfg_source(name) if name == "-" else Path(name)  # '-': standard input
+            spec = build_spec(source, strict=not args.lenient, limits=limits)
         except CfgError as exc:
             failed += 1
             print(str(exc), file=sys.stderr)
