@@ -109,6 +109,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------- build arguments
+_BUILD_ARGS = {"darknet_bugs", "width", "height", "channels", "strict"}
+
+
 def _build_args(net) -> dict[str, Any]:
     p = net.net
     declared = (p.channels, p.height, p.width) if p.width and p.height and p.channels else (p.inputs, 1, 1)
@@ -254,6 +257,9 @@ class Checkpoint:
             raise CheckpointError(f"{path}: no cfg text in the metadata: not a netspec checkpoint or export")
         try:
             self.build_args = json.loads(metadata.get("netspec.build", "{}"))
+            # the file is untrusted: only the arguments _build_args writes may reach build()
+            if not isinstance(self.build_args, dict) or not set(self.build_args) <= _BUILD_ARGS:
+                raise ValueError(f"unexpected build arguments {self.build_args!r}")
             tree = json.loads(metadata.get("netspec.state", "{}"))
             self.model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
             if self.format == WEIGHTS_FORMAT:

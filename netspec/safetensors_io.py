@@ -147,6 +147,14 @@ def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<byte
         raise _fail(path, f"unsupported or missing safetensors field {exc}") from None
     except (TypeError, ValueError) as exc:
         raise _fail(path, f"damaged safetensors header: {exc}") from None
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin != covered:
+            raise _fail(path, f"damaged safetensors file: bytes {covered}..{begin} of the data belong to no tensor")
+        covered = end
+    if covered != len(body):
+        # what the safetensors format requires (its reference reader refuses it too): padding or a cut-and-paste
+        raise _fail(path, f"damaged safetensors file: {len(body) - covered} bytes after the last tensor")
     expected = metadata.pop(CHECKSUM_KEY, None)
     if expected is not None:
         if not metadata:
