@@ -270,3 +270,22 @@ def test_packed_weights_follow_weight_changes_and_are_not_copied(fused_small, tm
     with torch.no_grad():
         torch.testing.assert_close(clone(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_fast_inplace_mish_equals_torch_mish(dtype, layout):
+    from netspec.inference import _MISH_CHUNK, _mish_
+
+    x = torch.randn(2, 5, 97, 181) * 8  # more than one block, a ragged last block
+    assert x.numel() > _MISH_CHUNK
+    x.view(-1)[:6] = torch.tensor([30.0, -100.0, float("inf"), float("-inf"), float("nan"), 0.0])
+    x = x.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, ::2]  # not dense: the torch fallback
+    expected = torch.nn.functional.mish(x.float())
+    got = _mish_(x.clone())
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol, equal_nan=True)
