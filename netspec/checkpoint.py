@@ -113,10 +113,10 @@ _BUILD_ARGS = {"darknet_bugs", "width", "height", "channels", "strict"}
 
 
 def _build_args(net) -> dict[str, Any]:
-    p = net.net
-    declared = (p.channels, p.height, p.width) if p.width and p.height and p.channels else (p.inputs, 1, 1)
     args: dict[str, Any] = {"darknet_bugs": bool(getattr(net, "darknet_bugs", True))}
-    if tuple(net.input_shape) != tuple(declared):
+    p = net.net
+    if p.width and p.height and p.channels:
+        # Always the size the net was built at: [net] in the stored cfg text may say otherwise.
         c, h, w = net.input_shape
         args.update(width=w, height=h, channels=c)
     if net.spec.warnings:  # it needed strict=False (Darknet-tolerated mistakes)

@@ -28,7 +28,6 @@ import torch.nn as nn
 
 from .atomic import write_bytes
 from .errors import NetspecError
-from .sections.resample import Upsample
 
 INPUT_NAME = "images"
 
@@ -75,69 +74,6 @@ def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module
                                f"{tuple(ours[name].shape)} at {width}x{height}); export at {w}x{h}")
     resized.load_state_dict(net.state_dict())
     return resized
-
-
-# ---------------------------------------------------------------------------------------------- portability
-# torch's exporter drops ``divisor_override`` (ONNX AveragePool has none), silently turning a window sum
-# into a mean; these stand-ins compute the same sums with ops that export exactly.
-class _BlockSumUpsample(Upsample):
-    """``[upsample]`` with negative stride: sum over |s| x |s| blocks, times ``scale``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = -self.stride
-        _, c, h, w = x.shape
-        y = x.reshape(-1, c, h // s, s, w // s, s).sum(dim=(3, 5))
-        return y * self.scale if self.scale != 1 else y
-
-
-class _WindowSumLRN(nn.Module):
-    """``[normalization]``: the channel-window sum of squares as a fixed conv instead of a sum-pool."""
-
-    def __init__(self, lrn: nn.Module) -> None:
-        super().__init__()
-        self.size, self.alpha, self.beta, self.kappa = lrn.size, lrn.alpha, lrn.beta, lrn.kappa
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, c, h, w = x.shape
-        lo, hi = (self.size - 1) // 2, self.size // 2
-        sq = torch.nn.functional.pad((x * x).reshape(-1, 1, c, h * w), (0, 0, lo, hi))
-        ones = torch.ones(1, 1, self.size, 1, dtype=x.dtype)
-        window = torch.nn.functional.conv2d(sq, ones).reshape(-1, c, h, w)
-        return x * torch.pow(self.kappa + self.alpha * window, -self.beta)
-
-
-class _WindowMeanAvgPool(nn.Module):
-    """``[local_avgpool]``: the mean over in-image cells as a ratio of two (equally scaled) means."""
-
-    def __init__(self, pool: nn.Module) -> None:
-        super().__init__()
-        self.size, self.stride, self.pad = pool.size, pool.stride, pool.pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = torch.nn.functional
-        ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype)
-        sums = f.avg_pool2d(f.pad(x, self.pad), self.size, self.stride)
-        counts = f.avg_pool2d(f.pad(ones, self.pad), self.size, self.stride)
-        return sums / counts
-
-
-def make_portable(net: nn.Module) -> int:
-    """Swap, in place, the modules whose ops torch's ONNX exporter would translate wrongly; returns how many."""
-    from .sections.misc import LocalResponseNorm
-    from .sections.pooling import LocalAvgPool
-
-    swapped = 0
-    for i, module in enumerate(net.layers):
-        if isinstance(module, Upsample) and module.stride < 0:
-            net.layers[i] = _BlockSumUpsample(module.stride, module.scale)
-        elif isinstance(module, LocalResponseNorm):
-            net.layers[i] = _WindowSumLRN(module)
-        elif isinstance(module, LocalAvgPool):
-            net.layers[i] = _WindowMeanAvgPool(module)
-        else:
-            continue
-        swapped += 1
-    return swapped
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -284,7 +220,6 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, width: int | None = 
     if batch < 1:
         raise NetspecError(f"batch must be at least 1, got {batch}")
     model = _at_size(net, width, height).float().eval()
-    make_portable(model)
     if fuse:
         model.fuse()  # Network.fuse: BN folded into the conv/connected weights (in float64, as Darknet)
     wrapper = _Exported(model, decode).eval()

@@ -201,7 +201,7 @@ class LocalResponseNorm(nn.Module):
         sq = (x * x)[:, None]  # (B, 1, C, H, W)
         lo, hi = (self.size - 1) // 2, self.size // 2
         sq = F.pad(sq, (0, 0, 0, 0, lo, hi))
-        window = F.avg_pool3d(sq, (self.size, 1, 1), stride=1, divisor_override=1)[:, 0]
+        window = F.avg_pool3d(sq, (self.size, 1, 1), stride=1)[:, 0] * self.size  # (ONNX has no divisor_override)
         return x * torch.pow(self.kappa + self.alpha * window, -self.beta)
 
 

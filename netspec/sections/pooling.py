@@ -122,10 +122,12 @@ class LocalAvgPool(nn.Module):
         self.pad = (lo, pad_total - lo, lo, pad_total - lo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # mean over the zero-padded window / fraction of the window inside the image = mean of the
+        # in-image cells (no divisor_override, which ONNX export would drop)
         ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device)
-        sums = F.avg_pool2d(F.pad(x, self.pad), self.size, self.stride, divisor_override=1)
-        counts = F.avg_pool2d(F.pad(ones, self.pad), self.size, self.stride, divisor_override=1)
-        return sums / counts
+        means = F.avg_pool2d(F.pad(x, self.pad), self.size, self.stride)
+        inside = F.avg_pool2d(F.pad(ones, self.pad), self.size, self.stride)
+        return means / inside
 
 
 @register
