@@ -202,3 +202,13 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_bad_newest(tmp_path):
             assert ckpt.step == found[-1][0]
             assert load_checkpoint(tmp_path).path == newest
     assert kills == 50 and list_checkpoints(tmp_path)
+
+
+def test_checkpoint_rebuilds_at_the_size_the_net_was_built_at(tmp_path):
+    # [net] says 8x8 but the net is built at 12x12: a [connected] layer's shape depends on it
+    cfg = "[net]\nwidth=8\nheight=8\nchannels=1\n[connected]\noutput=3\nactivation=linear\n"
+    net = netspec.build(cfg, width=12, height=12, darknet_bugs=False)
+    save_checkpoint(tmp_path / "c.ckpt", net)
+    back = load_checkpoint(tmp_path / "c.ckpt").network
+    assert back.input_shape == (1, 12, 12) and back.darknet_bugs is False
+    assert torch.equal(back.layers[0].linear.weight, net.layers[0].linear.weight)
