@@ -132,24 +132,29 @@ def compiled(args) -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    print(f"\n== torch.compile (inductor, freezing=True), batch 1, medians of {args.repeat} ==")
-    print(f"{'net':<12}{'model':<8}{'dtype':<6}{'compile s':>10}{'ms':>9}{'vs own eager fp32':>19}")
+    print(f"\n== torch.compile (inductor, freezing=True), batch 1, medians of {args.repeat}, interleaved ==")
+    print(f"{'net':<12}{'dtype':<6}{'compile s netspec/port':>24}{'netspec ms':>11}{'port ms':>9}"
+          f"{'netspec/port':>13}{'vs own eager fp32 netspec/port':>32}")
     for name in args.nets:
         fused, _, base, _ = make_nets(name, args.size, args.cfg_dir)
         x = torch.rand(1, 3, args.size, args.size)
-        for label, model in (("netspec", fused), ("port", base)):
-            eager = interleaved({"e": lambda m=model, x=x: run_model(m, x, "fp32")}, args.repeat)["e"]
-            for dtype in args.dtypes:
+        for dtype in args.dtypes:
+            fns, compile_s = {}, {}
+            for label, model in (("netspec", fused), ("port", base)):
                 torch._dynamo.reset()
                 fn = torch.compile(model)
                 t = time.perf_counter()
                 out = run_model(fn, x, dtype)
-                compile_s = time.perf_counter() - t
+                compile_s[label] = time.perf_counter() - t
                 ref = run_model(model, x, dtype)
                 err = max(float((a.float() - b.float()).abs().max()) for a, b in zip(out, ref))
-                ms = interleaved({"c": lambda f=fn, d=dtype, x=x: run_model(f, x, d)}, args.repeat)["c"]
-                print(f"{name:<12}{label:<8}{dtype:<6}{compile_s:>10.1f}{ms * 1e3:>9.1f}{eager / ms:>18.2f}x"
-                      f"   (max |compiled - eager| {err:.2g})")
+                assert err < 0.1, f"{name} {label} {dtype}: compiled output differs from eager by {err}"
+                fns[label] = lambda f=fn, d=dtype: run_model(f, x, d)
+                fns[label + " eager"] = lambda m=model: run_model(m, x, "fp32")
+            t = interleaved(fns, args.repeat)
+            print(f"{name:<12}{dtype:<6}{compile_s['netspec']:>14.1f} / {compile_s['port']:<7.1f}"
+                  f"{t['netspec'] * 1e3:>11.1f}{t['port'] * 1e3:>9.1f}{t['port'] / t['netspec']:>12.2f}x"
+                  f"{t['netspec eager'] / t['netspec']:>20.2f}x / {t['port eager'] / t['port']:.2f}x")
 
 
 def _status(key: str) -> int:
