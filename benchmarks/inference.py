@@ -140,8 +140,8 @@ def compiled(args) -> None:
         x = torch.rand(1, 3, args.size, args.size)
         for dtype in args.dtypes:
             fns, compile_s = {}, {}
+            torch._dynamo.reset()
             for label, model in (("netspec", fused), ("port", base)):
-                torch._dynamo.reset()
                 fn = torch.compile(model)
                 t = time.perf_counter()
                 out = run_model(fn, x, dtype)
@@ -149,8 +149,8 @@ def compiled(args) -> None:
                 ref = run_model(model, x, dtype)
                 err = max(float((a.float() - b.float()).abs().max()) for a, b in zip(out, ref))
                 assert err < 0.1, f"{name} {label} {dtype}: compiled output differs from eager by {err}"
-                fns[label] = lambda f=fn, d=dtype: run_model(f, x, d)
-                fns[label + " eager"] = lambda m=model: run_model(m, x, "fp32")
+                fns[label] = lambda f=fn, d=dtype, x=x: run_model(f, x, d)
+                fns[label + " eager"] = lambda m=model, x=x: run_model(m, x, "fp32")
             t = interleaved(fns, args.repeat)
             print(f"{name:<12}{dtype:<6}{compile_s['netspec']:>14.1f} / {compile_s['port']:<7.1f}"
                   f"{t['netspec'] * 1e3:>11.1f}{t['port'] * 1e3:>9.1f}{t['port'] / t['netspec']:>12.2f}x"
