@@ -21,6 +21,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; give the file what a plain open() would
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -31,6 +32,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def _mode_for(path: str) -> int:
+    """The existing file's permissions, or 0666 minus the umask for a new file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -293,9 +293,16 @@ class Checkpoint:
         except CfgError as exc:
             raise CheckpointError(f"{self.path}: the stored cfg no longer builds:\n{exc}") from None
 
-    def load_into(self, net, strict: bool = True) -> LoadReport:
+    def load_into(self, net, strict: bool = True, allow_nonfinite: bool = False) -> LoadReport:
         """Copy the model tensors into ``net``.  ``strict=False`` loads what matches (fine-tuning a changed
-        cfg) and reports the rest; ``strict=True`` raises :class:`CheckpointError` with the report."""
+        cfg) and reports the rest; ``strict=True`` raises :class:`CheckpointError` with the report.
+        NaN or Inf in a tensor is a :class:`CheckpointError` unless ``allow_nonfinite``."""
+        if not allow_nonfinite:
+            for name, tensor in self.model_state.items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise CheckpointError(f"{self.path}: {bad} NaN/Inf value(s) in {name} (pass allow_nonfinite=True "
+                                          "to accept them)")
         report = LoadReport()
         own = net.state_dict()
         for spec in net.spec.layers:

@@ -28,6 +28,11 @@ class KeyValueError(ValueError):
         self.col = col
 
 
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` shortened for an error message (a value can be megabytes long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _darknet_strip(text: str) -> str:
     """Darknet deletes every space and tab in a line before reading it."""
     return text.replace(" ", "").replace("\t", "")
@@ -85,21 +90,23 @@ class Int(Key):
             value = int(text)
         elif lenient and text:
             value = _atoi(_darknet_strip(text))
-            warn(f"'{key}={text}' is not an integer; read as {value} like Darknet's atoi", item.col)
+            warn(f"'{key}={clip(text)}' is not an integer; read as {value} like Darknet's atoi", item.col)
         else:
-            raise KeyValueError(f"'{key}' must be an integer, got {text!r}", item.line, item.col)
+            raise KeyValueError(f"'{key}' must be an integer, got {clip(text)!r}", item.line, item.col)
         self.check_range(key, value, item)
         return value
 
     def check_range(self, key: str, value, item: Item) -> None:
         if not C_INT_MIN <= value <= C_INT_MAX:
             # Darknet reads a C int (atoi): larger values overflow there, and torch cannot take them either
-            raise KeyValueError(f"'{key}={item.text}' is out of range (Darknet reads a 32-bit integer: "
+            raise KeyValueError(f"'{key}={clip(item.text)}' is out of range (Darknet reads a 32-bit integer: "
                                 f"{C_INT_MIN}..{C_INT_MAX})", item.line, item.col)
         if self.min is not None and value < self.min:
-            raise KeyValueError(f"'{key}={item.text}' is out of range (must be >= {self.min})", item.line, item.col)
+            raise KeyValueError(f"'{key}={clip(item.text)}' is out of range (must be >= {self.min})", item.line,
+                                item.col)
         if self.max is not None and value > self.max:
-            raise KeyValueError(f"'{key}={item.text}' is out of range (must be <= {self.max})", item.line, item.col)
+            raise KeyValueError(f"'{key}={clip(item.text)}' is out of range (must be <= {self.max})", item.line,
+                                item.col)
 
     def convert(self, option: Option, lenient: bool, warn) -> int:
         return self.parse_item(option.key, self._single(option), lenient, warn)
@@ -130,16 +137,17 @@ class Float(Key):
         except ValueError:
             if lenient and text:
                 value = _atof(_darknet_strip(text))
-                warn(f"'{key}={text}' is not a number; read as {value} like Darknet's atof", item.col)
+                warn(f"'{key}={clip(text)}' is not a number; read as {value} like Darknet's atof", item.col)
             else:
-                raise KeyValueError(f"'{key}' must be a number, got {text!r}", item.line, item.col) from None
+                raise KeyValueError(f"'{key}' must be a number, got {clip(text)!r}", item.line, item.col) from None
         if not math.isfinite(value):  # 'inf' (or 'nan' read leniently) would poison every computation
-            raise KeyValueError(f"'{key}' must be a finite number, got {text!r}", item.line, item.col)
+            raise KeyValueError(f"'{key}' must be a finite number, got {clip(text)!r}", item.line, item.col)
         if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
             op = ">" if self.min_open else ">="
-            raise KeyValueError(f"'{key}={text}' is out of range (must be {op} {self.min:g})", item.line, item.col)
+            raise KeyValueError(f"'{key}={clip(text)}' is out of range (must be {op} {self.min:g})", item.line,
+                                item.col)
         if self.max is not None and value > self.max:
-            raise KeyValueError(f"'{key}={text}' is out of range (must be <= {self.max:g})", item.line, item.col)
+            raise KeyValueError(f"'{key}={clip(text)}' is out of range (must be <= {self.max:g})", item.line, item.col)
         return value
 
     def convert(self, option: Option, lenient: bool, warn) -> float:
@@ -175,10 +183,10 @@ class Choice(Key):
         if self.aliases and text in self.aliases:
             return self.aliases[text]
         if lenient and self.lenient_fallback is not None:
-            warn(f"unknown {option.key} '{text}'{did_you_mean(text, self.choices)}; using "
+            warn(f"unknown {option.key} '{clip(text)}'{did_you_mean(text, self.choices)}; using "
                  f"{self.lenient_fallback} as Darknet does", item.col)
             return self.lenient_fallback
-        raise KeyValueError(f"'{option.key}={text}' is not one of {', '.join(self.choices)}"
+        raise KeyValueError(f"'{option.key}={clip(text)}' is not one of {', '.join(self.choices)}"
                             f"{did_you_mean(text, self.choices)}", item.line, item.col)
 
 
@@ -246,7 +254,7 @@ class InitKey(Key):
         call = item.call if item.call is not None else Call(item.text)
         problem = check_init_call(call)
         if problem:
-            raise KeyValueError(f"'{option.key}={item.text}': {problem}", item.line, item.col)
+            raise KeyValueError(f"'{option.key}={clip(item.text)}': {problem}", item.line, item.col)
         return call
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .document import Block, Document, Option
 from .errors import CfgError, LimitError, Problem
-from .keys import KeyValueError, did_you_mean
+from .keys import KeyValueError, clip, did_you_mean
 from .sections.base import Context, Inference, LayerSpec, Params, Section, SpecError, registry
 
 DEFAULT_MAX_PARAMS = 2_000_000_000
@@ -82,6 +82,7 @@ class _Collector:
 
 
 def _label(section: str, index: int | None) -> str:
+    section = clip(section, 40)
     return f"[{section}]" if index is None else f"[{section}] #{index}"
 
 
@@ -101,7 +102,7 @@ def _convert_block(block: Block, section: Section, index: int | None, out: _Coll
         key = keys.get(opt.key)
         if key is None:
             hint = did_you_mean(opt.key, keys)
-            out.add(f"{label}: unknown key '{opt.key}'{hint}", opt.line, opt.col, soft=True)
+            out.add(f"{label}: unknown key '{clip(opt.key)}'{hint}", opt.line, opt.col, soft=True)
             continue
         seen[opt.key] = opt
 
@@ -214,7 +215,7 @@ def build_specs(document: Document, width: int | None = None, height: int | None
                       "may be [net]"
             else:
                 names = [n for n, s in sections.items() if s.is_layer]
-                msg = f"[{block.section}] #{index}: unknown section type{did_you_mean(block.section, names)}"
+                msg = f"{label}: unknown section type{did_you_mean(block.section, names)}"
             out.add(msg, block.line, block.col + 1)
             shapes_known = False
             continue

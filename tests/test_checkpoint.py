@@ -212,3 +212,14 @@ def test_checkpoint_rebuilds_at_the_size_the_net_was_built_at(tmp_path):
     back = load_checkpoint(tmp_path / "c.ckpt").network
     assert back.input_shape == (1, 12, 12) and back.darknet_bugs is False
     assert torch.equal(back.layers[0].linear.weight, net.layers[0].linear.weight)
+
+
+def test_nonfinite_checkpoint_tensors_are_reported(tmp_path):
+    net = netspec.build("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\nsize=1\n")
+    with torch.no_grad():
+        net.layers[0].conv.weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(tmp_path / "n.ckpt", net)
+    with pytest.raises(CheckpointError, match=r"1 NaN/Inf value\(s\) in layers.0.conv.weight"):
+        _ = load_checkpoint(tmp_path / "n.ckpt").network
+    ckpt = load_checkpoint(tmp_path / "n.ckpt")
+    ckpt.load_into(netspec.build(ckpt.cfg_text), allow_nonfinite=True)

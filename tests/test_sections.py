@@ -280,3 +280,12 @@ def test_image_layer_after_a_flat_softmax_is_rejected_like_darknet():
         net_of("[softmax]\n[convolutional]\nfilters=2\nsize=1\n")
     net = net_of("[softmax]\n[cost]\n")  # the usual classifier tail stays fine
     assert net.outputs == (0,)
+
+
+def test_huge_values_are_clipped_in_messages():
+    junk = "x" * 100_000
+    with pytest.raises(netspec.CfgError) as info:
+        netspec.build(f"[net]\nwidth=8\nheight=8\nchannels=3\n[{junk}]\n[convolutional]\nactivation={junk}\n"
+                      f"{junk}=1\nfilters={junk}\n")
+    assert len(info.value.problems) == 4
+    assert all(len(p.message) < 400 for p in info.value.problems)

