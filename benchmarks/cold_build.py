@@ -6,6 +6,7 @@ In one process, medians of ``--repeat`` runs each, interleaved:
 * ``default init``: ``netspec.build(cfg, seed=None)`` (modules constructed on the CPU, PyTorch's own init);
 * ``netspec build``: ``netspec.build(cfg)`` (constructed on ``meta``, allocated once, netspec's init once);
 * ``init twice``: default construction then ``init_weights`` (what a build without the meta device does);
+* ``meta only``: what ``python -m netspec build cfg`` without ``--weights`` does (the table needs no values);
 * ``--weights``: default init + load, against an uninitialized network + load (``build --weights``).
 
     python benchmarks/cold_build.py [--cfg ../shared/darknet-cfgs/yolov4.cfg] [--repeat 5]
@@ -55,10 +56,16 @@ def main() -> None:
     cfg = args.cfg
     strict = False  # official cfgs have Darknet-tolerated duplicate keys
     netspec.build_spec(cfg, strict=strict)  # the parser is built once per process, outside the timings
+
+    def meta_only():  # what `netspec build cfg` (no --weights) does: modules on meta, the table needs no values
+        with torch.device("meta"):
+            return netspec.build(cfg, strict=strict, seed=None)
+
     t = timed({
         "default init": lambda: netspec.build(cfg, strict=strict, seed=None),
         "netspec build": lambda: netspec.build(cfg, strict=strict),
         "init twice": lambda: init_weights(assemble(netspec.build_spec(cfg, strict=strict))),
+        "meta only (CLI)": meta_only,
         "spec only": lambda: netspec.build_spec(cfg, strict=strict),
     }, args.repeat)
     print(f"{Path(cfg).name}: {netspec.build_spec(cfg, strict=strict).total_params:,} parameters, {args.threads} "
@@ -66,7 +73,8 @@ def main() -> None:
     for k, v in t.items():
         print(f"  {k:<16}{v * 1e3:8.0f} ms")
     print(f"netspec build / default init: {t['netspec build'] / t['default init']:.2f}   "
-          f"(init twice / default init: {t['init twice'] / t['default init']:.2f})")
+          f"(init twice / default init: {t['init twice'] / t['default init']:.2f}; "
+          f"`netspec build` CLI, meta only / default init: {t['meta only (CLI)'] / t['default init']:.2f})")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.weights")

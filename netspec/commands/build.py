@@ -23,7 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     source = cfg_source(args.cfg)
     if not args.weights:
-        net = build(source, args.width, args.height, strict=not args.lenient, limits=limits_from(args), fuse=args.fuse)
+        import torch
+
+        # The table needs shapes only: every module is constructed (and checked) on the meta device,
+        # without memory or random numbers.  netspec.build() in Python allocates and initializes.
+        with torch.device("meta"):
+            net = build(source, args.width, args.height, strict=not args.lenient, limits=limits_from(args),
+                        seed=None, fuse=args.fuse)
         print_warnings(net.warnings)
     else:
         from ..builder import build_spec
