@@ -35,6 +35,11 @@ def _plan(spec: NetSpec, outputs: tuple[int, ...]) -> tuple[tuple[int, tuple[int
                  for layer in spec.layers)
 
 
+def _stop_gradient(module: nn.Module, inputs: tuple) -> tuple:
+    """Forward pre-hook: the layer's inputs without their autograd history."""
+    return tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
+
+
 def output_indices(spec: NetSpec) -> tuple[int, ...]:
     """The detection heads, or else the last layer that is not a [cost] (Darknet's network output)."""
     heads = tuple(layer.index for layer in spec.layers if layer.section.is_head)
@@ -59,6 +64,10 @@ class Network(nn.Module):
         self.outputs = output_indices(spec)
         self.is_detector = any(spec.layers[i].section.is_head for i in self.outputs)
         self._plan = _plan(spec, self.outputs)
+        for layer in spec.layers:
+            # Darknet skips these layers' backward: no gradient reaches the layers before them.
+            if layer.p.onlyforward or layer.p.stopbackward == 1:
+                self.layers[layer.index].register_forward_pre_hook(_stop_gradient)
         self.fused = False  # set by fuse(): BN folded away, .weights records no longer match the cfg
 
     # ---------------------------------------------------------------- running

@@ -9,7 +9,9 @@ For every parameter, in this order (later steps refine earlier ones; multipliers
    the block, BN included.
 3. **Propagating keys.** The last block with ``stopbackward=1`` freezes itself and every earlier block;
    ``train_only_bn=1`` and ``onlyforward=1`` freeze their blocks' parameters (``train_only_bn`` also every
-   earlier block's); BN running statistics still adapt.  ``stopbackward=N`` (N > 1), ``dont_update=N`` and
+   earlier block's); BN running statistics still adapt.  The network itself passes no gradient back through
+   an ``onlyforward=1`` or ``stopbackward=1`` block, as Darknet skips its backward.  ``stopbackward=N``
+   (N > 1), ``dont_update=N`` and
    ``burnin_update=N`` delay the updates instead (see :func:`drop_delayed_grads`).
 4. **Rules** (API ``rules=`` or CLI ``--rule``), in the order given: each multiplies ``lr_mult`` and
    ``decay_mult`` of the parameters it selects, and ``freeze=0|1`` overrides every earlier freeze decision

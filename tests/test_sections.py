@@ -289,3 +289,18 @@ def test_huge_values_are_clipped_in_messages():
                       f"{junk}=1\nfilters={junk}\n")
     assert len(info.value.problems) == 4
     assert all(len(p.message) < 400 for p in info.value.problems)
+
+
+@pytest.mark.parametrize("key", ["onlyforward=1", "stopbackward=1"])
+def test_gradient_stops_at_onlyforward_and_stopbackward_layers(key):
+    body = ("[convolutional]\nfilters=4\nsize=1\nactivation=linear\n"
+            f"[convolutional]\nfilters=4\nsize=1\nactivation=linear\n{key}\n"
+            "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n")
+    net = net_of(body).train()
+    net(torch.rand(2, 4, 4, 6)).sum().backward()
+    assert net.layers[0].conv.weight.grad is None  # nothing flowed back past layer 1
+    assert net.layers[2].conv.weight.grad is not None
+    import copy
+    import pickle
+
+    pickle.loads(pickle.dumps(copy.deepcopy(net)))  # the hook is a plain function: copies and pickles
