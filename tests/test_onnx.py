@@ -304,9 +304,13 @@ def test_official_cfg_exports(name, tmp_path):
         else _small_size(cfg)
     assert size is not None, f"{name} builds at no small size"
     net = netspec.build(cfg, *size, strict=False).eval()
-    info = export_onnx(net, tmp_path / "n.onnx")
-    x = torch.rand(1, *net.input_shape, generator=torch.Generator().manual_seed(4))
-    got, want = run_onnx(tmp_path / "n.onnx", x), netspec_outputs(net, x)
+    onnx_file = tmp_path / "n.onnx"
+    try:  # the big nets' graphs are hundreds of MB: do not leave them in pytest's kept temp dirs
+        info = export_onnx(net, onnx_file)
+        x = torch.rand(1, *net.input_shape, generator=torch.Generator().manual_seed(4))
+        got, want = run_onnx(onnx_file, x), netspec_outputs(net, x)
+    finally:
+        onnx_file.unlink(missing_ok=True)
     if any(s.p.xnor for s in net.spec.layers if s.type == "convolutional"):
         # XNOR layers binarize at 0 and, with binarized inputs and weights, their conv outputs are exact
         # multiples of one scale, often exactly 0: the next binarization then depends on rounding noise,

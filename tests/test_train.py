@@ -195,7 +195,6 @@ def _torchrun(nproc: int, cfg, data, out, *extra: str) -> subprocess.CompletedPr
                            *extra], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_then_resume_on_one(tiny):
     tmp, write = tiny
     data, out = tmp / "data.npz", tmp / "ddp"
