@@ -67,33 +67,9 @@ def build_network(spec: NetSpec, darknet_bugs: bool = True, seed: int | None = 0
         from .network import assemble
 
         return assemble(spec, darknet_bugs=darknet_bugs)
-    return init_in_parallel(assemble_uninitialized(spec, darknet_bugs), seed)
-
-
-def init_in_parallel(net, seed: int = 0, threads: int | None = None):
-    """:func:`netspec.init.init_weights` with the layers split over threads (same values: every tensor
-    draws from its own generator).  Filling random numbers is the cost of a cold build, and torch
-    releases the GIL while it fills."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from .init import init_weights
 
-    threads = threads or min(torch.get_num_threads(), 8)
-    sizes = sorted(((sum(p.numel() for p in m.parameters()), i) for i, m in enumerate(net.layers)), reverse=True)
-    if threads < 2 or len(sizes) < 2:
-        return init_weights(net, seed)
-    groups: list[set[int]] = [set() for _ in range(threads)]
-    loads = [0] * threads
-    for size, index in sizes:  # largest first, each to the least loaded thread
-        k = loads.index(min(loads))
-        groups[k].add(index)
-        loads[k] += size
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(init_weights, net, seed, layers=group) for group in groups if group]
-        failed = [f for f in futures if f.exception() is not None]
-    if failed:  # report the same (first) problem a sequential init reports
-        init_weights(net, seed)
-    return net
+    return init_weights(assemble_uninitialized(spec, darknet_bugs), seed)
 
 
 def load_initializing_rest(net, path: str | os.PathLike, seed: int = 0, upto: int | None = None, *,
