@@ -64,6 +64,7 @@ class Network(nn.Module):
         self.outputs = output_indices(spec)
         self.is_detector = any(spec.layers[i].section.is_head for i in self.outputs)
         self._plan = _plan(spec, self.outputs)
+        self._output_set = frozenset(self.outputs)
         for layer in spec.layers:
             # Darknet skips these layers' backward: no gradient reaches the layers before them.
             if layer.p.onlyforward or layer.p.stopbackward == 1:
@@ -72,11 +73,16 @@ class Network(nn.Module):
 
     # ---------------------------------------------------------------- running
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Run the network.  Detectors return the list of head buffers; classifiers the last output."""
+        """Run the network.  Classifiers return the last output.  Detectors return one tensor per head:
+        in eval mode Darknet's inference buffer, in training mode the tensor fed into the head (before
+        its activation), which is what :class:`netspec.DetectionLoss` takes."""
         saved: list[Any] = [None] * len(self.layers)
         layers = self.layers
+        head_inputs = self.training and self.is_detector
+        outputs = self._output_set
         for index, sources, frees in self._plan:
-            saved[index] = layers[index](*[x if s < 0 else saved[s] for s in sources])
+            inputs = [x if s < 0 else saved[s] for s in sources]
+            saved[index] = inputs[0] if head_inputs and index in outputs else layers[index](*inputs)
             for f in frees:
                 saved[f] = None
         if self.is_detector:
