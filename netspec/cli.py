@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",
     "export": "export a network to ONNX (optionally with box decoding in the graph)",
     "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",
+    "demo-data": "write a small offline detection dataset (shapes on textured backgrounds) with obj.data",
 }
 
 
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command(name: str):
-    return importlib.import_module(f"netspec.commands.{name}")
+    return importlib.import_module(f"netspec.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
