@@ -33,6 +33,10 @@ _LAZY = {
     "save_darknet_weights": "netspec.weights",
     "export_onnx": "netspec.onnx_export",
     "load_port": "netspec.ports",
+    "load_image": "netspec.images",
+    "resize_image": "netspec.images",
+    "letterbox": "netspec.images",
+    "ImageError": "netspec.images",
 }
 
 __all__ = ["CfgError", "CheckpointError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
