@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import CfgError, CheckpointError, LimitError, NetspecError, Problem, WeightsError
+from .errors import CfgError, CheckpointError, DataError, LimitError, NetspecError, Problem, WeightsError
 
 __version__ = "0.1.0"
 
@@ -37,9 +37,14 @@ _LAZY = {
     "resize_image": "netspec.images",
     "letterbox": "netspec.images",
     "ImageError": "netspec.images",
+    "read_data_config": "netspec.datasets",
+    "read_image_list": "netspec.datasets",
+    "read_labels": "netspec.datasets",
+    "label_path": "netspec.datasets",
+    "read_coco": "netspec.datasets",
 }
 
-__all__ = ["CfgError", "CheckpointError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
+__all__ = ["CfgError", "CheckpointError", "DataError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .builder import build, build_spec  # noqa: F401

@@ -56,3 +56,19 @@ class CheckpointError(NetspecError, ValueError):
 
 class LimitError(CfgError):
     """The network a cfg describes is larger than the configured resource limits."""
+
+
+class DataError(NetspecError, ValueError):
+    """A data file (``obj.data``, an image list, a label file, a names file, COCO json) is invalid.
+
+    The message starts with ``path:line:`` (or ``path:`` when no line applies)."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
+        super().__init__(where + message)
+
+
+class DataWarning(UserWarning):
+    """Something in a data set Darknet tolerates but a user should know about (e.g. missing label files)."""
