@@ -9,6 +9,7 @@ function the name stands for.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Callable
 
 import torch
@@ -42,10 +43,10 @@ def _loggy(x):
 
 
 def _elu(x):
-    return torch.where(x >= 0, x, torch.expm1(x))
+    return F.elu(x)
 
 
-def _selu(x):
+def _selu(x):  # Darknet's rounded constants, not F.selu's: the outputs must match Darknet's
     return torch.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * torch.expm1(x))
 
 
@@ -129,32 +130,28 @@ FUNCTIONS: dict[str, Activation] = {
 }
 NAMES: tuple[str, ...] = tuple(FUNCTIONS)
 
-# Activations that Darknet computes only inside particular sections (elsewhere its CPU forward
-# yields 0).  Everything not listed here works in every section.
-_ONLY_IN = {
-    "swish": ("convolutional", "shortcut"),
-    "mish": ("convolutional", "shortcut"),
-    "hard_mish": ("convolutional",),
-    "normalize_channels": ("convolutional",),
-    "normalize_channels_softmax": ("convolutional",),
-    "normalize_channels_softmax_maxval": ("convolutional",),
-    "relu6": (),
-}
+# Activations that Darknet's CPU forward computes only in the sections whose definition lists them in
+# ``Section.darknet_activations`` (elsewhere it yields 0; relu6 everywhere).  Every other activation works
+# in every section.
+SECTION_DEPENDENT = frozenset({"swish", "mish", "hard_mish", "normalize_channels", "normalize_channels_softmax",
+                               "normalize_channels_softmax_maxval", "relu6"})
 
 # Gains for kaiming init, by activation (leaky's slope 0.1 matters).
 NEGATIVE_SLOPE = {"leaky": 0.1, "revleaky": 0.1, "relie": 0.01}
 
 
-def darknet_computes(name: str, section: str) -> bool:
-    """Whether Darknet's CPU forward computes ``name`` in ``section`` (False: it outputs zeros)."""
-    allowed = _ONLY_IN.get(name)
-    return allowed is None or section in allowed
+def darknet_computes(name: str, computed_here: Collection[str] = ()) -> bool:
+    """Whether Darknet's CPU forward computes ``name`` in a section whose ``darknet_activations`` are
+    ``computed_here`` (False: it outputs zeros)."""
+    return name not in SECTION_DEPENDENT or name in computed_here
 
 
-def resolve(name: str, section: str, darknet_bugs: bool) -> tuple[Activation, str | None]:
-    """The function to apply for ``activation=name`` in ``section``, and a warning if Darknet differs."""
+def resolve(name: str, section: str, darknet_bugs: bool, computed_here: Collection[str] = ()
+            ) -> tuple[Activation, str | None]:
+    """The function to apply for ``activation=name`` in the section named ``section`` (its definition's
+    ``darknet_activations`` being ``computed_here``), and a warning if Darknet differs."""
     fn = FUNCTIONS[name]
-    if darknet_computes(name, section):
+    if darknet_computes(name, computed_here):
         return fn, None
     if darknet_bugs:
         return _zero, (f"Darknet's CPU forward outputs 0 for activation={name} in [{section}]; netspec matches "

@@ -72,3 +72,7 @@ class DataError(NetspecError, ValueError):
 
 class DataWarning(UserWarning):
     """Something in a data set Darknet tolerates but a user should know about (e.g. missing label files)."""
+
+
+class SectionError(NetspecError, ValueError):
+    """A section definition cannot be registered (a name already taken, a key that is not a Key, ...)."""

@@ -6,13 +6,16 @@ Used by :meth:`netspec.network.Network.fuse`.  The fold follows Darknet's load-t
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import activations
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,12 +33,12 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modul
     return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
 
-def _fold_into(layer: nn.Module, inner: nn.Module) -> None:
-    """Replace ``inner``'s weight/bias by the fold with ``layer.bn`` and drop the BN."""
-    weight, bias = fold_batchnorm(inner.weight, inner.bias, layer.bn)
+def fold_batchnorm_into(inner: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Replace ``inner``'s (a conv's or linear layer's) weight and bias by their fold with ``bn``, which
+    the caller then drops."""
+    weight, bias = fold_batchnorm(inner.weight, inner.bias, bn)
     inner.weight = nn.Parameter(weight, requires_grad=inner.weight.requires_grad)
     inner.bias = nn.Parameter(bias, requires_grad=inner.weight.requires_grad)
-    layer.bn = None
 
 
 def _leaky_(x):
@@ -120,7 +123,8 @@ def inplace_activation(fn: Activation) -> Activation:
     return InplaceActivation(fn, inplace) if inplace is not None else fn
 
 
-def _mkldnn_available() -> bool:
+def mkldnn_available() -> bool:
+    """Whether oneDNN's fused convolution (the fast path of :class:`PackedConv`) is available."""
     try:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     except (AttributeError, RuntimeError):
@@ -195,23 +199,8 @@ class PackedConv:
 _linear = activations.FUNCTIONS["linear"]
 
 
-def fuse_network(net) -> None:
-    """Fold BN into conv/connected layers and switch activations on fresh outputs to in-place."""
-    from .sections.convolutional import ConvLayer
-    from .sections.merge import Multiply, Shortcut
-    from .sections.misc import Connected
-
-    for module in net.layers:
-        if isinstance(module, ConvLayer):
-            # A sharing layer reads its source's (now folded) conv and finds no BN there.
-            if not module._share and module.bn is not None:
-                _fold_into(module, module.conv)
-            if (not module._share and not module.xnor and not getattr(module, "binary", False)
-                    and module.conv.bias is not None and _mkldnn_available()):
-                module.fast = PackedConv()
-        elif isinstance(module, Connected) and module.bn is not None:
-            _fold_into(module, module.linear)
-        # These modules apply the activation to a tensor they have just created (the conv/linear
-        # output, the sum, the product), which no other layer can be holding yet.
-        if isinstance(module, (ConvLayer, Connected, Shortcut, Multiply)):
-            module.act_fn = inplace_activation(module.act_fn)
+def fuse_network(net: Network) -> None:
+    """Inference mode, layer by layer in cfg order: each section's ``fuse`` hook (BN folded into the conv or
+    connected weights, activations on fresh outputs in place, the oneDNN fast path)."""
+    for spec, module in zip(net.spec.layers, net.layers):
+        spec.section.fuse(spec, module)

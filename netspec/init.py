@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,10 @@ import torch.nn as nn
 from .activations import NEGATIVE_SLOPE
 from .errors import CfgError
 from .keys import init_arguments
+from .sections.base import InitTarget
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 # Activation -> gain for kaiming init without an explicit ``a``: the ReLU family uses sqrt(2) (like
 # torch's calculate_gain('relu')), tanh 5/3, selu 3/4; anything else (linear, logistic...) 1.
@@ -57,91 +62,18 @@ def generator_for(seed: int, name: str) -> torch.Generator:
     return gen
 
 
-class _Target:
-    """One tensor to initialize and what it is: role 'weight', 'bias', 'bn_scale', 'bn_shift', 'bn_stats',
-    'shortcut' or 'implicit'; ``fans`` = (fan_in, fan_out) for weights."""
-
-    __slots__ = ("suffix", "tensor", "role", "fans", "kind", "module")
-
-    def __init__(self, suffix, tensor, role, fans=None, kind="", module=None):
-        self.suffix, self.tensor, self.role = suffix, tensor, role
-        self.fans, self.kind, self.module = fans, kind, module
-
-
-def _bn_targets(prefix: str, bn: nn.Module | None, shift_is_bias: bool) -> list[_Target]:
-    if bn is None:
-        return []
-    return [_Target(f"{prefix}.weight", bn.weight, "bn_scale"),
-            _Target(f"{prefix}.bias", bn.bias, "bias" if shift_is_bias else "bn_shift"),
-            _Target(prefix, bn, "bn_stats")]
-
-
-def _targets(layer: nn.Module) -> list[_Target]:
-    """The tensors of one layer module, by what Darknet's initializer does with them."""
-    out: list[_Target] = []
-    conv = getattr(layer, "conv", None)
-    if isinstance(conv, nn.Conv2d) and not getattr(layer, "_share", ()):
-        w = conv.weight
-        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-        out.append(_Target("conv.weight", w, "weight", (fan_in, w.shape[0] * w.shape[2] * w.shape[3]), "conv"))
-        if conv.bias is not None:
-            out.append(_Target("conv.bias", conv.bias, "bias"))
-        out += _bn_targets("bn", getattr(layer, "bn", None), shift_is_bias=True)
-        return out
-    linear = getattr(layer, "linear", None)
-    if isinstance(linear, nn.Linear):
-        w = linear.weight
-        out.append(_Target("linear.weight", w, "weight", (w.shape[1], w.shape[0]), "connected"))
-        if linear.bias is not None:
-            out.append(_Target("linear.bias", linear.bias, "bias"))
-        out += _bn_targets("bn", getattr(layer, "bn", None), shift_is_bias=True)
-        return out
-    kind = type(layer).__name__
-    if kind == "LocalConv":
-        w = layer.weight  # (locations, filters, c*size*size)
-        out.append(_Target("weight", w, "weight", (w.shape[2], w.shape[1] * layer.size * layer.size), "local"))
-        out.append(_Target("bias", layer.bias, "bias"))
-        return out
-    if kind == "Shortcut":
-        if layer.weight is not None:
-            out.append(_Target("weight", layer.weight, "shortcut", (1, 1), "shortcut"))
-        return out
-    if kind == "Implicit":
-        out.append(_Target("weight", layer.weight, "implicit", (1, 1), "implicit", layer))
-        return out
-    bn = getattr(layer, "bn", None)
-    if isinstance(bn, nn.modules.batchnorm._BatchNorm):  # the [batchnorm] section
-        return _bn_targets("bn", bn, shift_is_bias=True)
-    return out
-
-
 def _problem(spec, key: str, message: str) -> CfgError:
     return CfgError([spec.problem(message, key)])
 
 
 def _orthogonal_(tensor: torch.Tensor, gain: float, gen: torch.Generator) -> None:
-    """Orthogonal rows (or columns) for each matrix in ``tensor`` viewed as (batch, rows, cols)."""
-    mats = tensor.reshape(-1, tensor.shape[-2], tensor.shape[-1]) if tensor.dim() == 3 else \
-        tensor.reshape(1, tensor.shape[0], -1)
-    for i in range(mats.shape[0]):
-        rows, cols = mats.shape[1], mats.shape[2]
-        flat = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
-        q, r = torch.linalg.qr(flat)
-        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-        if rows < cols:
-            q = q.T
-        mats[i].copy_(gain * q[:rows, :cols])
-
-
-def _trunc_normal_(tensor: torch.Tensor, mean: float, std: float, a: float, b: float,
-                   gen: torch.Generator) -> None:
-    # Inverse-CDF sampling: uniform between the CDF values of the bounds, mapped back through erfinv.
-    def cdf(x: float) -> float:
-        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
-
-    lo, hi = cdf((a - mean) / std), cdf((b - mean) / std)
-    tensor.uniform_(2 * lo - 1, 2 * hi - 1, generator=gen)
-    tensor.erfinv_().mul_(std * math.sqrt(2.0)).add_(mean).clamp_(min=a, max=b)
+    """torch's orthogonal init; a 3-D tensor (the per-location filter banks of [local]) gets one orthogonal
+    matrix per leading index, a tensor of another rank is one ``(rows, -1)`` matrix."""
+    if tensor.dim() == 3:
+        for matrix in tensor:
+            nn.init.orthogonal_(matrix, gain, generator=gen)
+    else:
+        nn.init.orthogonal_(tensor, gain, generator=gen)
 
 
 def apply_scheme(tensor: torch.Tensor, call, fans: tuple[int, int], activation: str | None,
@@ -174,8 +106,8 @@ def apply_scheme(tensor: torch.Tensor, call, fans: tuple[int, int], activation: 
         tensor.normal_(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), generator=gen)
     elif name == "trunc_normal":
         mean, std = float(args.get("mean", 0.0)), float(args.get("std", 1.0))
-        _trunc_normal_(tensor, mean, std, float(args.get("a", mean - 2 * std)), float(args.get("b", mean + 2 * std)),
-                       gen)
+        nn.init.trunc_normal_(tensor, mean, std, float(args.get("a", mean - 2 * std)),
+                              float(args.get("b", mean + 2 * std)), generator=gen)
     elif name == "uniform":
         tensor.uniform_(float(args.get("a", 0.0)), float(args.get("b", 1.0)), generator=gen)
     elif name == "orthogonal":
@@ -190,24 +122,24 @@ def apply_scheme(tensor: torch.Tensor, call, fans: tuple[int, int], activation: 
     elif name == "ones":
         tensor.fill_(1.0)
     else:  # pragma: no cover - keys.check_init_call rejects unknown names at parse time
-        raise ValueError(f"unknown initializer {name!r}")
+        raise CfgError(f"unknown initializer {name!r}")
 
 
-def _darknet_default(target: _Target, gen: torch.Generator) -> None:
+def _darknet_default(target: InitTarget, gen: torch.Generator) -> None:
     t = target.tensor
     if target.role == "weight":
-        scale = math.sqrt(2.0 / target.fans[0])
-        t.uniform_(-scale, scale, generator=gen)
+        if target.darknet_start is not None:
+            target.darknet_start(t, gen)
+        else:
+            scale = math.sqrt(2.0 / target.fans[0])
+            t.uniform_(-scale, scale, generator=gen)
     elif target.role in ("bias", "bn_shift"):
         t.zero_()
-    elif target.role in ("bn_scale", "shortcut"):
+    elif target.role == "bn_scale":
         t.fill_(1.0)
-    elif target.role == "implicit":
-        mean, std = target.module.mean, target.module.std
-        t.uniform_(mean - std, mean + std, generator=gen)
 
 
-def _init_uncovered(layer: nn.Module, targets: list[_Target], seed: int, stable: str) -> None:
+def _init_uncovered(layer: nn.Module, targets: list[InitTarget], seed: int, stable: str) -> None:
     """Parameters of module kinds this file does not know: Darknet-style for matrices, zeros otherwise
     (a network may be built on the meta device, so nothing may be left unfilled)."""
     covered = {id(t.tensor) for t in targets if t.role != "bn_stats"}
@@ -222,7 +154,7 @@ def _init_uncovered(layer: nn.Module, targets: list[_Target], seed: int, stable:
             param.zero_()
 
 
-def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | None = None) -> nn.Module:
+def init_weights(net: Network, seed: int = 0, *, layers: Collection[int] | None = None) -> Network:
     """Initialize every parameter of a built :class:`~netspec.network.Network` (in place; returns ``net``).
 
     ``layers``: only the layers with these indices (the values are those a full init gives them).
@@ -242,12 +174,11 @@ def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | Non
             p = layer_spec.p
             stable = f"{layer_spec.index - count}:{layer_spec.type}"  # -1 is the last block
             activation = getattr(p, "activation", None)
-            targets = _targets(layer)
+            targets = layer_spec.section.init_targets(layer_spec, layer)
             roles = {t.role for t in targets}
             block_init, bias_init, bias_prob = p.init, p.bias_init, p.bias_prob
-            if block_init is not None and not roles & {"weight", "shortcut", "implicit"}:
-                raise _problem(layer_spec, "init", "init= given, but this block has no weights to initialize"
-                               + (" (it shares another layer's)" if getattr(layer, "_share", ()) else ""))
+            if block_init is not None and "weight" not in roles:
+                raise _problem(layer_spec, "init", "init= given, but this block has no weights to initialize")
             if (bias_init is not None or bias_prob is not None) and "bias" not in roles:
                 key = "bias_init" if bias_init is not None else "bias_prob"
                 raise _problem(layer_spec, key, f"{key}= given, but this block has no biases")
@@ -265,9 +196,7 @@ def init_weights(net: nn.Module, seed: int = 0, *, layers: Collection[int] | Non
                 gen = generator_for(seed, f"{stable}:{target.suffix}")
                 scheme = None
                 if target.role == "weight":
-                    scheme = block_init or net_init
-                elif target.role in ("shortcut", "implicit"):
-                    scheme = block_init
+                    scheme = block_init or (net_init if target.net_init else None)
                 elif target.role == "bias":
                     if bias_prob is not None:
                         target.tensor.fill_(-math.log((1.0 - bias_prob) / bias_prob))

@@ -41,12 +41,13 @@ def _stop_gradient(module: nn.Module, inputs: tuple) -> tuple:
 
 
 def output_indices(spec: NetSpec) -> tuple[int, ...]:
-    """The detection heads, or else the last layer that is not a [cost] (Darknet's network output)."""
+    """The detection heads, or else the last layer whose section may be an output (Darknet's network output:
+    the last layer that is not a [cost])."""
     heads = tuple(layer.index for layer in spec.layers if layer.section.is_head)
     if heads:
         return heads
     for layer in reversed(spec.layers):
-        if layer.type != "cost":
+        if layer.section.network_output:
             return (layer.index,)
     return (spec.layers[-1].index,)
 

@@ -2,8 +2,9 @@
 
 For every parameter, in this order (later steps refine earlier ones; multipliers compose by multiplication):
 
-1. **Darknet defaults.** Weight decay ``[net] decay`` on the weights of conv, connected, local, shortcut and
-   implicit blocks; none on biases and BN parameters.  Learning-rate multiplier 1.
+1. **Darknet defaults.** Weight decay ``[net] decay`` on the weights of the blocks whose section says
+   ``decays_weights`` (conv, connected, local, shortcut and implicit); none on biases and BN
+   parameters.  Learning-rate multiplier 1.
 2. **Block keys.** ``learning_rate=`` (Darknet's per-layer multiplier) or ``lr_mult=`` (same meaning; an error
    if both are given and differ), ``decay_mult=``, ``freeze=1``.  The multipliers apply to every parameter of
    the block, BN included.
@@ -36,7 +37,6 @@ import torch.nn as nn
 from .errors import CfgError, Problem
 
 ROLES = ("weight", "bias", "bn")
-DECAYED_SECTIONS = {"convolutional", "connected", "local", "shortcut", "implicit"}
 
 
 @dataclass
@@ -198,7 +198,8 @@ def describe_parameters(net, rules: Iterable[RuleLike] | None = None) -> list[Pa
         block = int(parts[1]) if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit() else -1
         spec = specs[block] if block >= 0 else None
         info = ParamInfo(name, param, block, spec.type if spec else "", _role(name))
-        info.decayed = info.role == "weight" and info.section in DECAYED_SECTIONS
+        # which blocks' weights are decayed is the section's own fact (Section.decays_weights)
+        info.decayed = info.role == "weight" and spec is not None and spec.section.decays_weights
         if spec is not None:
             p = spec.p
             for key in ("learning_rate", "lr_mult"):

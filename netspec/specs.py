@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .document import Block, Document, Option
 from .errors import CfgError, LimitError, Problem
 from .keys import KeyValueError, clip, did_you_mean
-from .sections.base import Context, Inference, LayerSpec, Params, Section, SpecError, registry
+from .sections.base import Context, Inference, LayerSpec, Params, Section, SpecError, net_names, net_section, registry
 
 DEFAULT_MAX_PARAMS = 2_000_000_000
 DEFAULT_MAX_ACTIVATION_BYTES = 64 * 2**30
@@ -161,21 +161,22 @@ def build_specs(document: Document, width: int | None = None, height: int | None
     if not blocks:
         raise CfgError(Problem("the cfg has no sections; it must start with [net]", document.path, 1, 1))
     first = blocks[0]
-    net_section = sections["net"]
-    misspelt_net = first.section.lower() in ("net", "network")
-    if first.section not in ("net", "network"):
+    net_def = net_section()
+    net_spellings = net_names()
+    misspelt_net = first.section.lower() in net_spellings
+    if first.section not in net_spellings:
         hint = " (Darknet matches section names case-sensitively)" if misspelt_net else ""
         out.add(f"the first section must be [net] or [network], not [{first.section}]{hint}", first.line,
                 first.col + 1)
         # '[Net]' still holds the net's keys; a file that starts with a layer has none, and reporting
         # its missing width/height/channels would only repeat the error above.
-        net = _convert_block(first if misspelt_net else Block("net", first.line, first.col), net_section, None,
+        net = _convert_block(first if misspelt_net else Block(net_def.name, first.line, first.col), net_def, None,
                              out)
         layer_blocks = blocks[1:] if misspelt_net else blocks
     else:
-        net = _convert_block(first, net_section, None, out)
+        net = _convert_block(first, net_def, None, out)
         layer_blocks = blocks[1:]
-    starts_with_a_layer = first.section not in ("net", "network") and not misspelt_net
+    starts_with_a_layer = first.section not in net_spellings and not misspelt_net
     bad_sizes = [Problem(f"{name}={value!r} was asked for; it must be a positive integer", document.path)
                  for name, value in (("width", width), ("height", height), ("channels", channels))
                  if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)]
@@ -190,11 +191,11 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         if channels is not None:
             net.channels = channels
         try:
-            input_shape = net_section.input_shape(net)
+            input_shape = net_def.input_shape(net)
         except SpecError as exc:
             _report(exc, net, first, "[net]", out)
         try:
-            net_section.check(net, Context(-1, net, [], out.lenient))
+            net_def.check(net, Context(-1, net, [], out.lenient))
         except SpecError as exc:
             _report(exc, net, first, "[net]", out)
     if len(layer_blocks) > limits.max_layers:
@@ -207,10 +208,10 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         label = _label(block.section, index)
         section = sections.get(block.section)
         if section is None or not section.is_layer:
-            if block.section in ("net", "network") and starts_with_a_layer and not any(
-                    b.section in ("net", "network") for b in layer_blocks[:index]):
+            if block.section in net_spellings and starts_with_a_layer and not any(
+                    b.section in net_spellings for b in layer_blocks[:index]):
                 msg = f"[{block.section}] #{index}: [{block.section}] must be the first section, before every layer"
-            elif block.section in ("net", "network"):
+            elif block.section in net_spellings:
                 msg = f"[{block.section}] #{index}: a second [{block.section}] section; only the first section " \
                       "may be [net]"
             else:

@@ -10,6 +10,7 @@ and DDP averages the gradients, so a run can resume on a different number of pro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -176,14 +177,14 @@ def _distributed() -> tuple[int, int]:
 
 
 def _logits_hook(net):
-    """Cross-entropy wants logits: when the output layer is a plain [softmax], capture its input."""
+    """Cross-entropy wants logits: when the output layer turns logits into probabilities (its section's
+    ``classifier_logits``, a plain [softmax]), capture its input as logits."""
     out = net.spec.layers[net.outputs[0]]
     captured: dict[str, torch.Tensor] = {}
-    if out.type == "softmax" and out.p.groups == 1 and not getattr(out.p, "tree", None):
-        temperature = out.p.temperature
-
+    to_logits = out.section.classifier_logits(out)
+    if to_logits is not None:
         def hook(module, inputs):
-            captured["logits"] = inputs[0].flatten(1) / temperature
+            captured["logits"] = to_logits(inputs[0])
 
         net.layers[out.index].register_forward_pre_hook(hook)
     return captured
@@ -275,7 +276,7 @@ class Trainer:
         for i, chunk in enumerate(chunks):
             x, y = self.data.x[chunk], self.data.y[chunk]
             sync = i == len(chunks) - 1 or self.world == 1
-            ctx = self.model.no_sync() if not sync else _nullcontext()
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 out = self.model(x)
                 logits = self.logits.pop("logits", None)
@@ -330,14 +331,6 @@ class Trainer:
             self.log(f"test accuracy: {result['test_accuracy']:.4f} on {len(self.data.x_test)} images")
         self.log(f"trained steps {start + 1}..{self.step} in {seconds:.1f} s; checkpoints in {self.out}")
         return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(cfg, data: str | Dataset, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from ..builder import build
 from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..network import Network
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,30 +57,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _geometry(spec) -> tuple[str, str]:
-    p = spec.p
-    filters = ""
-    size = ""
-    if spec.type == "convolutional":
-        filters = str(p.filters) + (f"/{p.groups}" if p.groups > 1 else "")
-        stride = f"{p.sy}" if p.sx == p.sy else f"{p.sx}x{p.sy}"
-        size = f"{p.size}x{p.size}/{stride}" + (f" d{p.dilation}" if p.dilation > 1 else "")
-    elif spec.type in ("maxpool", "local_avgpool"):
-        stride = f"{p.sy}" if p.sx == p.sy else f"{p.sx}x{p.sy}"
-        size = f"{p.k}x{p.k}/{stride}"
-    elif spec.type == "route":
-        filters = ",".join(str(i) for i in p.layers) + (f" g{p.group_id}/{p.groups}" if p.groups > 1 else "")
-    elif spec.type in ("shortcut", "sam", "scale_channels"):
-        src = getattr(p, "from")
-        filters = ",".join(str(i) for i in src) if isinstance(src, tuple) else str(src)
-    elif spec.type == "upsample":
-        size = f"{p.stride}x"
-    elif spec.type == "connected":
-        filters = str(p.output)
-    return filters, size
-
-
-def format_table(net) -> str:
+def format_table(net: Network) -> str:
     """Darknet-like table: index, type, filters, size/stride, input -> output, params, BFLOPs."""
     def shape(s):
         c, h, w = s
@@ -85,7 +66,7 @@ def format_table(net) -> str:
     rows = [f"{'layer':>5}  {'type':<15}{'filters':>10}  {'size/strd':<11}{'input':>19} -> {'output':<19}"
             f"{'params':>12}{'BFLOPs':>10}"]
     for s in net.spec.layers:
-        filters, size = _geometry(s)
+        filters, size = s.section.describe(s)
         rows.append(f"{s.index:>5}  {s.type:<15}{filters:>10}  {size:<11}{shape(s.in_shape):>19} -> "
                     f"{shape(s.out_shape):<19}{s.info.params:>12,}{s.info.bflops:>10.3f}")
     spec = net.spec

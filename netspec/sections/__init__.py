@@ -1,11 +1,55 @@
-"""One module per family of Darknet section types; importing them registers the definitions."""
+"""Section definitions: every module of this package, plus third-party ones from the ``netspec.sections``
+entry point group.  Importing a module registers its sections; nothing here has a fixed list of them."""
 
 from __future__ import annotations
 
-import functools
+import importlib
+import pkgutil
+import threading
+import warnings
+
+ENTRY_POINT_GROUP = "netspec.sections"
+
+_lock = threading.RLock()
+_state = {"loaded": False, "loading": False}
 
 
-@functools.lru_cache(maxsize=1)
+def _entry_points(group: str) -> list:
+    from importlib.metadata import entry_points
+
+    found = entry_points()
+    if hasattr(found, "select"):  # Python >= 3.10
+        return list(found.select(group=group))
+    return list(found.get(group, ()))  # pragma: no cover - Python 3.9
+
+
+def _load_entry_point(ep) -> None:
+    """An entry point names a module (importing it registers its sections) or a Section subclass."""
+    from .base import _REGISTRY, Section, register
+
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken plugin must not stop every other cfg from building
+        warnings.warn(f"netspec: section plugin '{ep.name} = {ep.value}' (entry point group {ENTRY_POINT_GROUP}) "
+                      f"failed to load and is skipped: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+        return
+    if isinstance(obj, type) and issubclass(obj, Section):
+        if not any(type(s) is obj for s in _REGISTRY.values()):
+            register(obj)
+
+
 def load_all() -> None:
-    """Import every built-in section module (each registers its sections on import)."""
-    from . import convolutional, heads, merge, misc, net, pooling, resample  # noqa: F401
+    """Import every module of this package (built-in sections), then the entry-point plugins.  Idempotent
+    and safe to re-enter (a plugin that calls ``register_section`` while being loaded)."""
+    with _lock:
+        if _state["loaded"] or _state["loading"]:
+            return
+        _state["loading"] = True
+        try:
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+                importlib.import_module(f"{__name__}.{info.name}")
+            for ep in _entry_points(ENTRY_POINT_GROUP):
+                _load_entry_point(ep)
+            _state["loaded"] = True
+        finally:
+            _state["loading"] = False

@@ -9,11 +9,15 @@ which ``nn.Module`` computes it.  The module's ``darknet_record()`` gives its ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..document import Block, Option
 from ..errors import Problem
 from ..keys import Flag, Float, InitKey, Int, Key
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    import torch.nn as nn
 
 Shape = tuple[int, int, int]
 
@@ -96,6 +100,30 @@ class LayerSpec:
         return Problem(f"{self.label}: {message}", self.path, line, col, severity)
 
 
+@dataclass
+class InitTarget:
+    """One tensor (or BatchNorm) of a layer's module, and what :func:`netspec.init.init_weights` does with it.
+
+    ``role``:
+
+    * ``"weight"``: filled by the block's ``init=``, else (when ``net_init``) by ``[net] init=``, else by
+      ``darknet_start`` (default: Darknet's ``uniform(-sqrt(2/fan_in), sqrt(2/fan_in))``);
+    * ``"bias"``: the block's Darknet biases: ``bias_prob=``, ``bias_init=``, ``[net] bias_init=``, else 0;
+    * ``"bn_scale"`` (1), ``"bn_shift"`` (0): BatchNorm parameters that are not the block's biases;
+    * ``"bn_stats"``: ``tensor`` is the BatchNorm module; running mean 0, variance 1, counter 0.
+
+    ``suffix`` names the tensor inside the layer (it seeds the tensor's own generator, so keep it stable);
+    ``fans`` = ``(fan_in, fan_out)`` for the weight schemes.
+    """
+
+    suffix: str
+    tensor: Any  # torch.Tensor, or the BatchNorm module for "bn_stats"
+    role: str
+    fans: tuple[int, int] | None = None
+    net_init: bool = True  # whether [net] init= applies (weights only)
+    darknet_start: Callable[[torch.Tensor, torch.Generator], None] | None = None  # weights only
+
+
 # Keys Darknet reads for every layer section (reference §6) plus netspec's training keys.
 COMMON_KEYS: dict[str, Key] = {
     "learning_rate": Float(1.0, "multiplier on the global learning rate for this layer", training=True, min=0),
@@ -120,7 +148,26 @@ COMMON_KEYS: dict[str, Key] = {
 
 
 class Section:
-    """One Darknet section type.  Subclasses set the class attributes and override the hooks."""
+    """One Darknet section type: subclass it, set the class attributes, override the hooks you need and
+    register it with :func:`netspec.register_section`.
+
+    Class attributes: ``name`` and ``aliases`` (the ``[name]`` the cfg writes), ``keys`` (name →
+    :class:`~netspec.keys.Key`, with types, defaults and ranges; the keys every layer takes are added),
+    ``refs`` (keys holding layer references, made absolute before ``check``), ``reads_previous``,
+    ``needs_image``, ``is_head``, ``decays_weights``, ``network_output``.
+
+    Hooks, each with a default that fits a layer without parameters:
+
+    * ``check(p, ctx)`` / ``infer(p, inputs, ctx)``: cross-key validation, then the output shape and sizes;
+    * ``module(spec, ctx)``: the ``nn.Module`` (its ``darknet_record()``, if any, is the ``.weights`` record);
+    * ``init_targets(spec, module)``: what :func:`netspec.init_weights` fills and how;
+    * ``fuse(spec, module)``: inference mode (fold BatchNorm, in-place activations), done in place;
+    * ``describe(spec)``: the ``filters`` and ``size/strd`` columns of ``netspec build``'s table;
+    * ``classifier_logits(spec)``: for a classifier's output layer, its input → the logits cross-entropy takes.
+
+    Raise :class:`SpecError` from ``check``/``infer`` to report a problem at a key; netspec adds the
+    file, line and column.
+    """
 
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -131,6 +178,11 @@ class Section:
     is_layer: ClassVar[bool] = True  # False only for [net]
     supported: ClassVar[bool] = True
     is_head: ClassVar[bool] = False  # [yolo], [region], ...: outputs of a detection network
+    decays_weights: ClassVar[bool] = False  # [net] decay applies to its weights (never to biases or BN)
+    network_output: ClassVar[bool] = True  # False: never the network's output (a [cost] only adds a loss)
+    # Of the activations Darknet computes only in some sections (activations.SECTION_DEPENDENT), those it
+    # computes in this one; its CPU forward yields 0 for the others.
+    darknet_activations: ClassVar[frozenset[str]] = frozenset()
     ref_keys_not_read: ClassVar[tuple[str, ...]] = ()  # reference keys that are not forward inputs
     unsupported_reason: ClassVar[str] = ""
 
@@ -148,9 +200,27 @@ class Section:
         """Output shape and sizes from the input shapes (``inputs[0]`` is the previous layer's)."""
         return Inference(inputs[0])
 
-    def module(self, spec: LayerSpec, ctx: BuildContext):
+    def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         """The ``nn.Module`` that computes this layer."""
         raise NotImplementedError(self.name)
+
+    def init_targets(self, spec: LayerSpec, module: nn.Module) -> list[InitTarget]:
+        """The tensors :func:`netspec.init_weights` fills, by role.  Parameters left out get a Darknet-style
+        start (uniform for matrices, zeros otherwise), so nothing stays unfilled."""
+        return []
+
+    def fuse(self, spec: LayerSpec, module: nn.Module) -> None:
+        """Inference mode for this layer's module, in place (see :meth:`netspec.Network.fuse`).  The layers
+        before it are already fused."""
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        """The ``filters`` and ``size/strd`` columns of the CLI layer table."""
+        return "", ""
+
+    def classifier_logits(self, spec: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """When this layer turns logits into probabilities (a plain softmax) and is a classifier's output: the
+        function from the layer's input to the ``(batch, classes)`` logits cross-entropy takes; else None."""
+        return None
 
 
 @dataclass
@@ -181,7 +251,7 @@ class BuildContext:
         """The function for ``activation=name`` in this layer; records a warning where Darknet differs."""
         from .. import activations
 
-        fn, note = activations.resolve(name, spec.type, self.darknet_bugs)
+        fn, note = activations.resolve(name, spec.type, self.darknet_bugs, spec.section.darknet_activations)
         if note:
             self.warnings.append(spec.problem(note, "activation", "warning"))
         return fn
@@ -191,21 +261,57 @@ _REGISTRY: dict[str, Section] = {}
 
 
 def register(cls: type[Section]) -> type[Section]:
-    """Class decorator: make a section type known under its name and aliases."""
-    instance = cls()
-    for name in (cls.name, *cls.aliases):
+    """Class decorator: make a section type known under its name and aliases (built-in sections use it
+    while :func:`load_all` imports them; everyone else calls :func:`netspec.register_section`)."""
+    from ..errors import SectionError
+
+    if not (isinstance(cls, type) and issubclass(cls, Section)):
+        raise SectionError(f"register_section takes a subclass of netspec.Section, got {cls!r}")
+    names = (cls.name, *cls.aliases)
+    for name in names:
+        if not isinstance(name, str) or not name or any(ch in name for ch in "[]\n\r#;="):
+            raise SectionError(f"{cls.__qualname__}: section name {name!r} is not a valid [section] name")
         if name in _REGISTRY:
-            raise RuntimeError(f"section name '{name}' registered twice")
+            other = type(_REGISTRY[name])
+            raise SectionError(f"section name '{name}' of {cls.__module__}.{cls.__qualname__} is already registered "
+                               f"by {other.__module__}.{other.__qualname__}")
+    if len(set(names)) != len(names):
+        raise SectionError(f"{cls.__qualname__}: name and aliases repeat a name: {names}")
+    for key_name, key in cls.keys.items():
+        if not isinstance(key, Key):
+            raise SectionError(f"{cls.__qualname__}: key '{key_name}' must be a netspec.keys.Key, got {key!r}")
+    instance = cls()
+    for name in names:
         _REGISTRY[name] = instance
     return cls
 
 
+def register_section(cls: type[Section]) -> type[Section]:
+    """Make a :class:`Section` subclass known to netspec under its ``name`` and ``aliases``; usable as a
+    class decorator.  Raises :class:`~netspec.errors.SectionError` when a name is taken (built-in
+    sections are loaded first, so a clash with one is reported here)."""
+    from . import load_all
+
+    load_all()
+    return register(cls)
+
+
 def registry() -> dict[str, Section]:
-    """Section name or alias → definition, with every built-in section type loaded."""
+    """Section name or alias → definition, with every built-in and entry-point section type loaded."""
     from . import load_all
 
     load_all()
     return _REGISTRY
+
+
+def net_section() -> Section:
+    """The definition of the network-wide section (``[net]``, the one section that is not a layer)."""
+    return next(s for s in registry().values() if not s.is_layer)
+
+
+def net_names() -> frozenset[str]:
+    """The names the network-wide section may be written as (``net``, ``network``)."""
+    return frozenset(n for n, s in registry().items() if not s.is_layer)
 
 
 def conv_out(size_in: int, pad_total: int, kernel: int, stride: int) -> int:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .. import activations
 from ..keys import Choice
+from .base import InitTarget
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.01  # Darknet's GPU rolling-statistics update rate (reference §5.2)
@@ -19,6 +20,32 @@ def activation_key(default: str, doc: str = "activation function") -> Choice:
 
 def batchnorm2d(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def bn_init_targets(prefix: str, bn: nn.Module | None, shift_is_bias: bool = True) -> list[InitTarget]:
+    """Init targets of a BatchNorm: scale, shift (the block's Darknet biases when ``shift_is_bias``), statistics."""
+    if bn is None:
+        return []
+    return [InitTarget(f"{prefix}.weight", bn.weight, "bn_scale"),
+            InitTarget(f"{prefix}.bias", bn.bias, "bias" if shift_is_bias else "bn_shift"),
+            InitTarget(prefix, bn, "bn_stats")]
+
+
+def fill_ones(tensor: torch.Tensor, generator: torch.Generator) -> None:
+    """Darknet's start for weights that begin as an identity multiplier (shortcut weights)."""
+    tensor.fill_(1.0)
+
+
+def set_inplace_activation(module: nn.Module) -> None:
+    """Fusing hook for a module whose activation runs on a tensor the module has just created (a conv
+    output, a sum, a product), which no other layer can be holding yet: run it in place."""
+    from ..inference import inplace_activation
+
+    module.act_fn = inplace_activation(module.act_fn)
+
+
+def stride_text(sx: int, sy: int) -> str:
+    return f"{sy}" if sx == sy else f"{sx}x{sy}"
 
 
 def blur_kernel(kind: int, channels: int) -> torch.Tensor:

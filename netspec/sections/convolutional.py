@@ -7,8 +7,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..keys import Choice, Flag, Float, Int
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, conv_out, register
-from .common import Blur, activation_key, batchnorm2d, blur_out
+from .base import (
+    BuildContext,
+    Context,
+    Inference,
+    InitTarget,
+    LayerSpec,
+    Params,
+    Section,
+    SpecError,
+    conv_out,
+    register,
+)
+from .common import Blur, activation_key, batchnorm2d, blur_out, bn_init_targets, set_inplace_activation, stride_text
 
 _T = {"training": True}
 
@@ -98,11 +109,27 @@ class ConvLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"activation={self.activation}" + (", shared" if self._share else "")
 
+    def fuse(self) -> None:
+        """Inference mode: BN folded into the conv, the activation in place, the oneDNN fast path where it
+        computes the same thing.  A sharing layer reads its source's (already folded) conv and finds no BN."""
+        from ..inference import PackedConv, fold_batchnorm_into, mkldnn_available
+
+        if not self._share and self.bn is not None:
+            fold_batchnorm_into(self.conv, self.bn)
+            self.bn = None
+        if (not self._share and not self.xnor and not self.binary and self.conv.bias is not None
+                and mkldnn_available()):
+            self.fast = PackedConv()
+        set_inplace_activation(self)
+
 
 @register
 class Convolutional(Section):
     name = "convolutional"
     aliases = ("conv",)
+    decays_weights = True
+    darknet_activations = frozenset({"swish", "mish", "hard_mish", "normalize_channels",
+                                     "normalize_channels_softmax", "normalize_channels_softmax_maxval"})
     refs = ("share_index",)
     ref_keys_not_read = ("share_index",)
     keys = {
@@ -153,6 +180,11 @@ class Convolutional(Section):
             raise SpecError(f"dilation={p.dilation} needs size = 2*padding+1 (use pad=1 with an odd size): "
                             "Darknet's declared output size ignores dilation, so other combinations compute a "
                             "different size than Darknet reports", "dilation")
+        if p.share_index is not None:
+            for key in ("init", "bias_init", "bias_prob"):
+                if getattr(p, key) is not None:
+                    raise SpecError(f"{key}= given, but this block shares the weights of layer {p.share_index} "
+                                    f"(give {key}= there)", key)
         moves = sum(bool(getattr(p, k)) for k in ("sway", "rotate", "stretch", "stretch_sway"))
         if moves > 1:
             raise SpecError("at most one of sway, rotate, stretch, stretch_sway may be set", "sway")
@@ -200,6 +232,25 @@ class Convolutional(Section):
                                              "darknet_bugs=False to binarize the weights)", "binary", "warning"))
             return False
         return True
+
+    def init_targets(self, spec: LayerSpec, module: ConvLayer) -> list[InitTarget]:
+        if module._share:  # the source layer's tensors, initialized there
+            return []
+        w = module.conv.weight
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        targets = [InitTarget("conv.weight", w, "weight", (fan_in, w.shape[0] * w.shape[2] * w.shape[3]))]
+        if module.conv.bias is not None:
+            targets.append(InitTarget("conv.bias", module.conv.bias, "bias"))
+        return targets + bn_init_targets("bn", module.bn)
+
+    def fuse(self, spec: LayerSpec, module: ConvLayer) -> None:
+        module.fuse()
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        p = spec.p
+        filters = str(p.filters) + (f"/{p.groups}" if p.groups > 1 else "")
+        size = f"{p.size}x{p.size}/{stride_text(p.sx, p.sy)}" + (f" d{p.dilation}" if p.dilation > 1 else "")
+        return filters, size
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from ..keys import Choice, Flag, Int, IntList
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, register
-from .common import activation_key
+from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, SpecError, register
+from .common import activation_key, fill_ones, set_inplace_activation
 
 
 class Route(nn.Module):
@@ -58,6 +58,10 @@ class RouteSection(Section):
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         return Route(spec.p.groups, spec.p.group_id, len(spec.p.layers))
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        p = spec.p
+        return ",".join(str(i) for i in p.layers) + (f" g{p.group_id}/{p.groups}" if p.groups > 1 else ""), ""
 
 
 def _normalize(w: torch.Tensor, kind: str) -> torch.Tensor:
@@ -129,6 +133,8 @@ class Shortcut(nn.Module):
 class ShortcutSection(Section):
     name = "shortcut"
     refs = ("from",)
+    decays_weights = True
+    darknet_activations = frozenset({"swish", "mish"})
     keys = {
         "from": IntList(None, "layers to add to the previous layer's output"),
         "activation": activation_key("linear"),
@@ -171,6 +177,33 @@ class ShortcutSection(Section):
         return Shortcut(len(getattr(p, "from")), spec.in_shape[0], tuple(s[0] for s in spec.in_shapes[1:]),
                         p.weights_type, p.weights_normalization, p.activation, ctx.activation(p.activation, spec))
 
+    def init_targets(self, spec: LayerSpec, module: Shortcut) -> list[InitTarget]:
+        # Learned input weights start at 1 (a plain sum); only the block's own init= changes that.
+        if module.weight is None:
+            return []
+        return [InitTarget("weight", module.weight, "weight", (1, 1), net_init=False, darknet_start=fill_ones)]
+
+    def fuse(self, spec: LayerSpec, module: Shortcut) -> None:
+        set_inplace_activation(module)
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return ",".join(str(i) for i in getattr(spec.p, "from")), ""
+
+
+class _MultiplySection(Section):
+    """``[sam]`` and ``[scale_channels]``: one earlier layer times the previous output."""
+
+    refs = ("from",)
+
+    def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+        return Multiply(spec.p.activation, ctx.activation(spec.p.activation, spec))
+
+    def fuse(self, spec: LayerSpec, module: Multiply) -> None:
+        set_inplace_activation(module)
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return str(getattr(spec.p, "from")), ""
+
 
 class Multiply(nn.Module):
     """``[sam]`` and ``[scale_channels]``: the previous output times an earlier one, then activation."""
@@ -185,9 +218,8 @@ class Multiply(nn.Module):
 
 
 @register
-class Sam(Section):
+class Sam(_MultiplySection):
     name = "sam"
-    refs = ("from",)
     keys = {"from": Int(None, "layer to multiply with the previous output"),
             "activation": activation_key("linear")}
 
@@ -201,14 +233,10 @@ class Sam(Section):
                             f"({_fmt(inputs[1])}) to have the same shape", "from")
         return Inference(inputs[1])
 
-    def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
-        return Multiply(spec.p.activation, ctx.activation(spec.p.activation, spec))
-
 
 @register
-class ScaleChannels(Section):
+class ScaleChannels(_MultiplySection):
     name = "scale_channels"
-    refs = ("from",)
     keys = {"from": Int(None, "layer whose output is scaled"),
             "scale_wh": Flag(0, "1: scale per position (1xHxW) instead of per channel (Cx1x1)"),
             "activation": activation_key("linear")}
@@ -228,9 +256,6 @@ class ScaleChannels(Section):
             raise SpecError(f"the previous layer must be {fc}x1x1 (c x h x w) to scale the channels of layer {src}, "
                             f"got {_fmt(inputs[0])}", "from")
         return Inference(inputs[1])
-
-    def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
-        return Multiply(spec.p.activation, ctx.activation(spec.p.activation, spec))
 
 
 def _fmt(shape) -> str:

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..keys import Choice, Flag, Float, Int, Text
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, register
-from .common import BN_EPS, BN_MOMENTUM, activation_key, batchnorm2d
+from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, SpecError, register
+from .common import BN_EPS, BN_MOMENTUM, activation_key, batchnorm2d, bn_init_targets, set_inplace_activation
 from .heads import group_softmax, load_tree
 
 _T = {"training": True}
@@ -42,12 +42,22 @@ class Connected(nn.Module):
             record += [(self.bn.weight, "scales"), (self.bn.running_mean, "scales"), (self.bn.running_var, "scales")]
         return record
 
+    def fuse(self) -> None:
+        """Inference mode: BN folded into the linear layer, the activation in place."""
+        from ..inference import fold_batchnorm_into
+
+        if self.bn is not None:
+            fold_batchnorm_into(self.linear, self.bn)
+            self.bn = None
+        set_inplace_activation(self)
+
 
 @register
 class ConnectedSection(Section):
     name = "connected"
     needs_image = False
     aliases = ("conn",)
+    decays_weights = True
     keys = {"output": Int(1, "output size", min=1), "activation": activation_key("logistic"),
             "batch_normalize": Flag(0, "batch normalization")}
 
@@ -63,6 +73,19 @@ class ConnectedSection(Section):
         c, h, w = spec.in_shape
         p = spec.p
         return Connected(c * h * w, p.output, bool(p.batch_normalize), p.activation, ctx.activation(p.activation, spec))
+
+    def init_targets(self, spec: LayerSpec, module: Connected) -> list[InitTarget]:
+        w = module.linear.weight
+        targets = [InitTarget("linear.weight", w, "weight", (w.shape[1], w.shape[0]))]
+        if module.linear.bias is not None:
+            targets.append(InitTarget("linear.bias", module.linear.bias, "bias"))
+        return targets + bn_init_targets("bn", module.bn)
+
+    def fuse(self, spec: LayerSpec, module: Connected) -> None:
+        module.fuse()
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return str(spec.p.output), ""
 
 
 class BatchNorm(nn.Module):
@@ -89,6 +112,9 @@ class BatchnormSection(Section):
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         return BatchNorm(spec.in_shape[0])
+
+    def init_targets(self, spec: LayerSpec, module: BatchNorm) -> list[InitTarget]:
+        return bn_init_targets("bn", module.bn)  # its shift is the block's Darknet biases
 
 
 class Identity(nn.Module):
@@ -173,11 +199,16 @@ class Implicit(nn.Module):
     def darknet_record(self) -> list[tuple[torch.Tensor, str]]:
         return [(self.weight, "flat")]
 
+    def darknet_start(self, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Darknet's start: uniform in ``[mean - std, mean + std]``."""
+        tensor.uniform_(self.mean - self.std, self.mean + self.std, generator=generator)
+
 
 @register
 class ImplicitSection(Section):
     name = "implicit"  # reads the previous output only for its batch size
     needs_image = False
+    decays_weights = True
     keys = {"filters": Int(128, "channels", min=1), "atoms": Int(1, "height", min=1),
             "mean": Float(0.0, "init mean", **_T), "std": Float(0.2, "init spread", min=0, **_T)}
 
@@ -188,6 +219,11 @@ class ImplicitSection(Section):
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
         return Implicit(p.filters, p.atoms, p.mean, p.std)
+
+    def init_targets(self, spec: LayerSpec, module: Implicit) -> list[InitTarget]:
+        # its own start (mean, std keys); only the block's init= replaces it, never [net] init=
+        return [InitTarget("weight", module.weight, "weight", (1, 1), net_init=False,
+                           darknet_start=module.darknet_start)]
 
 
 class LocalResponseNorm(nn.Module):
@@ -228,6 +264,7 @@ class Zeros(nn.Module):
 class Cost(Section):
     name = "cost"
     needs_image = False
+    network_output = False  # Darknet's network output is the last layer that is not a [cost]
     keys = {"type": Choice("sse", "loss", choices=("sse", "masked", "smooth", "L1", "seg", "wgan"), **_T),
             "scale": Float(1.0, "loss scale", **_T), "ratio": Float(0.0, "hard-example ratio", **_T),
             "noobj": Float(1.0, "loss", **_T), "thresh": Float(0.0, "loss", **_T)}
@@ -306,6 +343,17 @@ class SoftmaxSection(Section):
                                              "warning"))
         return Softmax(p.groups, p.temperature, load_tree(spec, ctx), spatial)
 
+    def classifier_logits(self, spec: LayerSpec):
+        p = spec.p
+        if p.groups != 1 or p.tree is not None:  # several softmaxes: not one distribution over classes
+            return None
+        temperature = p.temperature
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) / temperature
+
+        return logits
+
 
 class LocalConv(nn.Module):
     """Unshared convolution: a separate filter bank at every output location."""
@@ -336,6 +384,7 @@ class LocalConv(nn.Module):
 @register
 class Local(Section):
     name = "local"
+    decays_weights = True
     keys = {"filters": Int(1, "output channels", min=1), "size": Int(1, "kernel size", min=1),
             "stride": Int(1, "stride", min=1), "pad": Flag(0, "1: pad by exactly 1"),
             "activation": activation_key("logistic")}
@@ -359,6 +408,16 @@ class Local(Section):
         p = spec.p
         return LocalConv(spec.in_shape[0], p.filters, p.size, p.stride, p.pad, spec.out_shape[1:], p.activation,
                          ctx.activation(p.activation, spec))
+
+    def init_targets(self, spec: LayerSpec, module: LocalConv) -> list[InitTarget]:
+        w = module.weight  # (locations, filters, c*size*size)
+        size = module.size
+        return [InitTarget("weight", w, "weight", (w.shape[2], w.shape[1] * size * size)),
+                InitTarget("bias", module.bias, "bias")]
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        p = spec.p
+        return str(p.filters), f"{p.size}x{p.size}/{p.stride}"
 
 
 class _Unsupported(Section):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..keys import Flag, Int
 from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, conv_out, register
-from .common import Blur, blur_out
+from .common import Blur, blur_out, stride_text
 
 
 def _window_keys() -> dict:
@@ -26,6 +26,13 @@ def _window(p: Params) -> None:
     p.sy = p.stride_y if p.stride_y is not None else p.stride
     p.k = p.size if p.size is not None else p.stride
     p.pad_total = p.padding if p.padding is not None else p.k - 1
+
+
+def _describe_window(spec: LayerSpec) -> tuple[str, str]:
+    p = spec.p
+    if getattr(p, "maxpool_depth", 0):
+        return str(p.out_channels), "depth"
+    return "", f"{p.k}x{p.k}/{stride_text(p.sx, p.sy)}"
 
 
 def _window_out(p: Params, h: int, w: int, sy: int, sx: int) -> tuple[int, int]:
@@ -91,6 +98,9 @@ class Maxpool(Section):
     def check(self, p: Params, ctx: Context) -> None:
         _window(p)
 
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return _describe_window(spec)
+
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if p.maxpool_depth:
@@ -138,6 +148,9 @@ class LocalAvgpool(Section):
 
     def check(self, p: Params, ctx: Context) -> None:
         _window(p)
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return _describe_window(spec)
 
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]

@@ -52,6 +52,9 @@ class UpsampleSection(Section):
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         return Upsample(spec.p.stride, spec.p.scale)
 
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return "", f"{spec.p.stride}x"
+
 
 def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
     """Darknet's space-to-depth, channel order (dy, dx, c): ``out[(dy*s+dx)*C + c] = in[c, y*s+dy, x*s+dx]``."""
