@@ -29,6 +29,7 @@ _LAZY = {
     "save_checkpoint": "netspec.checkpoint",
     "load_checkpoint": "netspec.checkpoint",
     "detect": "netspec.detection",
+    "darknet_detections": "netspec.detection",
     "load_darknet_weights": "netspec.weights",
     "save_darknet_weights": "netspec.weights",
     "export_onnx": "netspec.onnx_export",

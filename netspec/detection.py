@@ -1,13 +1,45 @@
-"""Detections from a detector's head buffers: decode ``[yolo]``/``[Gaussian_yolo]``/``[region]``/``[detection]``
-outputs into boxes (reference §3.10–§3.13), undo letterboxing, and apply per-class NMS in torch."""
+"""Detections as Darknet's ``detector test`` makes them: the heads' boxes (each head module's
+``decode_boxes`` hook), thresholds as ``get_network_boxes``, boxes mapped back onto the original images
+(``correct_yolo_boxes``' integer letterbox geometry) and the NMS of the last head's ``nms_kind``.
+
+:func:`darknet_detections` returns Darknet's detections (boxes relative to each image, per-class
+probabilities); :func:`detect` is the convenience on top: it takes image files, PIL images, arrays or
+tensors, sizes them for the network itself and returns corner boxes in pixels.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from .sections.heads import DetectionBuffer, RegionBuffer, YoloBuffer
+from .errors import NetspecError
+from .nms import darknet_nms, overlap_measure
+
+
+class DetectError(NetspecError, ValueError):
+    """Detection was asked of something it cannot work on (not a detector, images of the wrong size, ...)."""
+
+
+@dataclass
+class Dets:
+    """Darknet's detections of one image (``dets`` after ``get_network_boxes`` and NMS), the candidates
+    left with a probability above the threshold for at least one class."""
+
+    boxes: torch.Tensor  # (K, 4): centre x, y, width, height relative to the original image
+    objectness: torch.Tensor  # (K,)
+    probs: torch.Tensor  # (K, classes): 0 where <= thresh or suppressed by NMS
+
+    def __len__(self) -> int:
+        return int(self.objectness.numel())
+
+    def objects(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One entry per reported (box, class): ``(box index, class id, confidence)``, box by box."""
+        box, cls = torch.nonzero(self.probs > 0, as_tuple=True)
+        return box, cls, self.probs[box, cls]
 
 
 @dataclass
@@ -22,128 +54,195 @@ class Detections:
         return int(self.scores.numel())
 
 
-@dataclass
-class Candidates:
-    """Decoded boxes of one image before NMS: centre boxes relative to the input (0..1) and class scores."""
-
-    boxes: torch.Tensor  # (N, 4): x, y, w, h relative to the network input
-    scores: torch.Tensor  # (N, classes): Darknet's per-class probability (0 where <= thresh)
+def _describe(net, index: int) -> str:
+    spec = net.spec.layers[index]
+    where = f"{spec.path}:{spec.block.line}" if spec.path else f"line {spec.block.line}"
+    return f"[{spec.type}] #{index} ({where})"
 
 
-def _grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.arange(h, device=device, dtype=torch.float32).view(h, 1).expand(h, w)
-    cols = torch.arange(w, device=device, dtype=torch.float32).view(1, w).expand(h, w)
-    return rows, cols
+def _heads(net) -> list:
+    if not getattr(net, "is_detector", False):
+        raise DetectError("detection needs a network with [yolo], [Gaussian_yolo], [region] or [detection] heads")
+    modules = []
+    classes = set()
+    for index in net.outputs:
+        module = net.layers[index]
+        if not getattr(module, "decodes_boxes", False):
+            raise DetectError(f"{_describe(net, index)}: netspec cannot decode this head into boxes "
+                              "(hierarchical tree= classes are not supported)")
+        modules.append(module)
+        classes.add(int(module.classes))
+    if len(classes) > 1:
+        raise DetectError(f"the heads have different numbers of classes ({sorted(classes)}); Darknet's detections "
+                          "need one class list")
+    return modules
 
 
-def _decode_yolo(head: YoloBuffer, buf: torch.Tensor, thresh: float) -> list[Candidates]:
-    b, _, h, w = buf.shape
-    a, e = head.n_anchors, head.entries
-    v = buf.float().reshape(b, a, e, h, w)
-    rows, cols = _grid(h, w, buf.device)
-    anchors = torch.tensor(head.anchors, dtype=torch.float32, device=buf.device).view(1, a, 2, 1, 1)
-    net_w, net_h = head.net_size
-    if head.kind == "Gaussian_yolo":
-        tx, ty, tw, th, obj, cls = v[:, :, 0], v[:, :, 2], v[:, :, 4], v[:, :, 6], v[:, :, 8], v[:, :, 9:]
-        uncertainty = (v[:, :, 1] + v[:, :, 3] + v[:, :, 5] + v[:, :, 7]) / 4
+def _forward(net, images: torch.Tensor) -> list[torch.Tensor]:
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return net(images)
+    finally:
+        net.train(was_training)
+
+
+def _check_input(net, images: torch.Tensor) -> None:
+    c, h, w = net.input_shape
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise DetectError("expected the network input as a tensor (N, C, H, W)")
+    if tuple(images.shape[1:]) != (c, h, w):
+        raise DetectError(f"the images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} (CxHxW) but the "
+                          f"network takes {c}x{h}x{w}: pass the original images (paths, PIL images, arrays) to "
+                          "detect() so that it resizes them, or resize/letterbox them first "
+                          "(netspec.resize_image / netspec.letterbox) and give image_sizes")
+
+
+@torch.no_grad()
+def darknet_detections(net, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                       thresh: float = 0.25, hier_thresh: float = 0.5, nms: float = 0.45,
+                       letterbox: bool = False) -> list[Dets]:
+    """Darknet's ``get_network_boxes`` + NMS for a batch ``images`` (N, C, H, W) already sized to the network.
+
+    ``image_sizes`` ``[(width, height), ...]`` are the original images' sizes (default: the network's, i.e.
+    boxes relative to the input); ``letterbox`` says the inputs were made by :func:`netspec.letterbox`
+    (``[net] letter_box=1`` implies it, as in Darknet).  A candidate exists where the objectness is above
+    ``thresh`` ([yolo]-type heads; every candidate of [region]/[detection] heads), its per-class probability
+    is kept where above ``thresh``; NMS follows the last head's ``nms_kind``/``beta_nms`` (``nms=0``: none,
+    as Darknet's ``if (nms)``).  ``hier_thresh`` only concerns hierarchical heads (which Darknet's
+    ``get_network_boxes`` decodes without it, and netspec does not decode).  Everything stays on the
+    device of ``images``.
+    """
+    heads = _heads(net)
+    _check_input(net, images)
+    _, net_h, net_w = net.input_shape
+    n = images.shape[0]
+    if image_sizes is None:
+        image_sizes = [(net_w, net_h)] * n
+    if len(image_sizes) != n:
+        raise DetectError(f"{n} images but {len(image_sizes)} image_sizes")
+    letterbox = bool(letterbox or net.net.letter_box)
+    decoded = [module.decode_boxes(buf) for module, buf in zip(heads, _forward(net, images))]
+    last = decoded[-1]
+    results = []
+    for i, (img_w, img_h) in enumerate(image_sizes):
+        if int(img_w) < 1 or int(img_h) < 1:
+            raise DetectError(f"image_sizes[{i}] = {image_sizes[i]!r} is not a (width, height) in pixels")
+        boxes, objectness, probs = [], [], []
+        for hb in decoded:
+            p = hb.probs[i]
+            p = torch.where(p > thresh, p, torch.zeros_like(p))
+            keep = (p > 0).any(1)
+            if hb.gated:
+                keep &= hb.objectness[i] > thresh
+            b = hb.boxes[i][keep]
+            if hb.correct is not None:
+                b = hb.correct(b, int(img_w), int(img_h), net_w, net_h, letterbox)
+            boxes.append(b)
+            objectness.append(hb.objectness[i][keep])
+            probs.append(p[keep])
+        b, o, p = torch.cat(boxes), torch.cat(objectness), torch.cat(probs)
+        if nms:
+            p = darknet_nms(b, p, nms, last.nms_kind, last.beta_nms)
+            alive = (p > 0).any(1)
+            b, o, p = b[alive], o[alive], p[alive]
+        results.append(Dets(b, o, p))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- images
+def _is_image_item(item: Any) -> bool:
+    import numpy as np
+
+    if isinstance(item, (str, os.PathLike, np.ndarray)):
+        return True
+    if isinstance(item, torch.Tensor):
+        return item.dim() == 3
+    return hasattr(item, "mode") and hasattr(item, "convert")  # a PIL image
+
+
+def _device_of(net) -> torch.device:
+    for t in net.parameters():
+        return t.device
+    for t in net.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def prepare_images(net, images: Sequence[Any], letterbox: bool | None = None,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Decode and size ``images`` (paths, PIL images, uint8 arrays, float (C, H, W) tensors in [0, 1]) for
+    ``net`` as Darknet's ``detector test`` does: ``resize_image``, or ``letterbox_image`` when ``letterbox``
+    (default ``[net] letter_box``).  Returns the batch and the original ``(width, height)`` of each."""
+    from .images import letterbox as letterbox_image
+    from .images import load_image, resize_image
+
+    c, h, w = net.input_shape
+    if letterbox is None:
+        letterbox = bool(net.net.letter_box)
+    device = torch.device(device) if device is not None else _device_of(net)
+    sized, sizes = [], []
+    for item in images:
+        img = item.float() if isinstance(item, torch.Tensor) else load_image(item)
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise DetectError(f"an image tensor must be (3, H, W), got {tuple(img.shape)}")
+        if c != 3:
+            raise DetectError(f"the network takes {c} channels; netspec.detect reads RGB images (3 channels)")
+        sizes.append((int(img.shape[2]), int(img.shape[1])))
+        img = img.to(device)
+        sized.append(letterbox_image(img, w, h) if letterbox else resize_image(img, w, h))
+    if not sized:
+        return torch.zeros(0, c, h, w, device=device), []
+    return torch.stack(sized), sizes
+
+
+def to_detections(dets: Dets, image_size: tuple[int, int]) -> Detections:
+    """One row per reported (box, class), corner boxes in pixels of an image of ``image_size`` (w, h)."""
+    box, cls, score = dets.objects()
+    x, y, bw, bh = dets.boxes[box].unbind(1) if box.numel() else dets.boxes.new_zeros(4, 0).unbind(0)
+    img_w, img_h = image_size
+    corners = torch.stack([(x - bw / 2) * img_w, (y - bh / 2) * img_h, (x + bw / 2) * img_w,
+                           (y + bh / 2) * img_h], 1)
+    order = torch.argsort(score, descending=True, stable=True)
+    return Detections(corners[order], score[order], cls[order])
+
+
+@torch.no_grad()
+def detect(net, images: Any, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
+           image_sizes: Optional[Sequence[tuple[int, int]]] = None, letterbox: bool | None = None,
+           hier_thresh: float = 0.5) -> list[Detections]:
+    """Run a detector and return the boxes of each image (pixels, x1, y1, x2, y2; one row per class).
+
+    ``images`` is one image or a list of them: file paths, PIL images, uint8 (H, W[, C]) arrays or float
+    (3, H, W) tensors in [0, 1], of any size: each is resized (or letterboxed: ``letterbox``, default
+    ``[net] letter_box``) exactly as Darknet does, and its boxes come back in its own pixels.  Or the
+    network input itself, a tensor (N, C, H, W) of the network's size: boxes in input pixels, or in the
+    originals' pixels when ``image_sizes`` ``[(width, height), ...]`` gives them.  A 4-D tensor of
+    another size is an error (:class:`DetectError`), never boxes in the wrong coordinates.
+    """
+    _heads(net)
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        _check_input(net, images)
+        _, h, w = net.input_shape
+        sizes = list(image_sizes) if image_sizes is not None else [(w, h)] * images.shape[0]
+        if letterbox is None:
+            letterbox = bool(net.net.letter_box)
+        batch = images
+        letterbox = bool(letterbox and image_sizes is not None)
     else:
-        tx, ty, tw, th, obj, cls = v[:, :, 0], v[:, :, 1], v[:, :, 2], v[:, :, 3], v[:, :, 4], v[:, :, 5:]
-        uncertainty = None
-    bx = (cols + tx) / w
-    by = (rows + ty) / h
-    if head.new_coords:
-        bw = tw * tw * 4 * anchors[:, :, 0] / net_w
-        bh = th * th * 4 * anchors[:, :, 1] / net_h
-    else:
-        bw = torch.exp(tw) * anchors[:, :, 0] / net_w
-        bh = torch.exp(th) * anchors[:, :, 1] / net_h
-    point = head.extra.get("yolo_point", "center")
-    if point == "left_top":
-        bx, by = bx + bw / 2, by + bh / 2
-    elif point == "right_bottom":
-        bx, by = bx - bw / 2, by - bh / 2
-    prob = obj[:, :, None] * cls
-    if uncertainty is not None:
-        prob = prob * (1 - uncertainty[:, :, None])
-    prob = torch.where(prob > thresh, prob, torch.zeros_like(prob))
-    out = []
-    for i in range(b):
-        keep = obj[i] > thresh  # (a, h, w)
-        boxes = torch.stack([bx[i][keep], by[i][keep], bw[i][keep], bh[i][keep]], 1)
-        scores = prob[i].permute(0, 2, 3, 1)[keep]
-        out.append(Candidates(boxes, scores))
-    return out
+        if image_sizes is not None:
+            raise DetectError("image_sizes goes with a network-sized tensor batch; images given as files, arrays "
+                              "or (3, H, W) tensors are measured and resized by detect() itself")
+        items = [images] if _is_image_item(images) else list(images)
+        if letterbox is None:
+            letterbox = bool(net.net.letter_box)
+        batch, sizes = prepare_images(net, items, letterbox)
+    dets = darknet_detections(net, batch, sizes, conf_thresh, hier_thresh, nms_thresh, letterbox)
+    return [to_detections(d, size) for d, size in zip(dets, sizes)]
 
 
-def _decode_region(head: RegionBuffer, buf: torch.Tensor, thresh: float) -> list[Candidates]:
-    b, h, w, n, _ = buf.shape
-    rows, cols = _grid(h, w, buf.device)
-    anchors = torch.tensor(head.anchors, dtype=torch.float32, device=buf.device)  # (n, 2) grid cells
-    bx = (cols[:, :, None] + torch.sigmoid(buf[..., 0])) / w
-    by = (rows[:, :, None] + torch.sigmoid(buf[..., 1])) / h
-    bw = torch.exp(buf[..., 2]) * anchors[:, 0] / w
-    bh = torch.exp(buf[..., 3]) * anchors[:, 1] / h
-    obj = buf[..., 4]
-    prob = obj[..., None] * buf[..., 5:]
-    prob = torch.where(prob > thresh, prob, torch.zeros_like(prob))
-    out = []
-    for i in range(b):
-        keep = obj[i] > thresh
-        out.append(Candidates(torch.stack([bx[i][keep], by[i][keep], bw[i][keep], bh[i][keep]], 1), prob[i][keep]))
-    return out
-
-
-def _decode_detection(head: DetectionBuffer, buf: torch.Tensor, thresh: float) -> list[Candidates]:
-    b = buf.shape[0]
-    s, k, n = head.side, head.classes, head.num
-    flat = buf.float().reshape(b, -1)
-    probs = flat[:, : s * s * k].reshape(b, s * s, 1, k)
-    conf = flat[:, s * s * k: s * s * (k + n)].reshape(b, s * s, n)
-    coords = flat[:, s * s * (k + n):].reshape(b, s * s, n, 4)
-    cell = torch.arange(s * s, device=buf.device)
-    col = (cell % s).float().view(1, -1, 1)
-    row = (cell // s).float().view(1, -1, 1)
-    bx = (coords[..., 0] + col) / s
-    by = (coords[..., 1] + row) / s
-    power = 2 if head.sqrt else 1
-    bw = coords[..., 2] ** power
-    bh = coords[..., 3] ** power
-    prob = conf[..., None] * probs
-    prob = torch.where(prob > thresh, prob, torch.zeros_like(prob))
-    out = []
-    for i in range(b):
-        boxes = torch.stack([bx[i], by[i], bw[i], bh[i]], -1).reshape(-1, 4)
-        scores = prob[i].reshape(-1, k)
-        keep = scores.amax(1) > 0
-        out.append(Candidates(boxes[keep], scores[keep]))
-    return out
-
-
-def decode(net, head_outputs: list[torch.Tensor], thresh: float = 0.25) -> list[Candidates]:
-    """Candidate boxes per image from the head buffers ``net(x)`` returned (Darknet's decoding)."""
-    per_image: list[list[Candidates]] = []
-    for index, buf in zip(net.outputs, head_outputs):
-        head = net.layers[index]
-        if isinstance(head, YoloBuffer):
-            found = _decode_yolo(head, buf, thresh)
-        elif isinstance(head, RegionBuffer):
-            found = _decode_region(head, buf, thresh)
-        elif isinstance(head, DetectionBuffer):
-            found = _decode_detection(head, buf, thresh)
-        else:
-            raise TypeError(f"layer {index} is not a detection head")
-        per_image.append(found)
-    merged = []
-    for parts in zip(*per_image):
-        merged.append(Candidates(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts])))
-    return merged
-
-
-def _corners(boxes: torch.Tensor) -> torch.Tensor:
-    x, y, w, h = boxes.unbind(1)
-    return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1)
-
-
+# ---------------------------------------------------------------------------------------------- helpers
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU matrix of corner boxes ``a`` (N, 4) and ``b`` (M, 4)."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
@@ -154,93 +253,13 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
 
 
-def _diou(a: torch.Tensor, b: torch.Tensor, beta: float) -> torch.Tensor:
-    iou = box_iou(a, b)
-    ca = (a[:, :2] + a[:, 2:]) / 2
-    cb = (b[:, :2] + b[:, 2:]) / 2
-    d2 = ((ca[:, None] - cb[None]) ** 2).sum(2)
-    lt = torch.minimum(a[:, None, :2], b[None, :, :2])
-    rb = torch.maximum(a[:, None, 2:], b[None, :, 2:])
-    c2 = ((rb - lt) ** 2).sum(2).clamp(min=1e-12)
-    return iou - (d2 / c2) ** beta
-
-
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float, kind: str = "default",
         beta: float = 0.6) -> torch.Tensor:
-    """Indices kept by greedy NMS (Darknet's do_nms_sort for one class; ``diounms``/``greedynms`` use DIoU)."""
+    """Indices of the centre boxes (N, 4) kept by Darknet's NMS of one class, by descending score."""
+    kept = darknet_nms(boxes, scores.reshape(-1, 1), iou_thresh, kind, beta)[:, 0] > 0  # scores <= 0: absent
     order = torch.argsort(scores, descending=True, stable=True)
-    corners = _corners(boxes[order])
-    overlap = _diou(corners, corners, beta if kind == "diounms" else 0.6) if kind in (
-        "diounms", "greedynms") else box_iou(corners, corners)
-    alive = torch.ones(len(order), dtype=torch.bool)
-    for i in range(len(order)):
-        if alive[i]:
-            alive[i + 1:] &= ~(overlap[i, i + 1:] > iou_thresh)
-    return order[alive]
+    return order[kept[order]]
 
 
-def _letterbox_correct(boxes: torch.Tensor, net_size: tuple[int, int], image_size: tuple[int, int],
-                       letterbox: bool) -> torch.Tensor:
-    """Relative centre boxes on the network input → corner boxes in pixels of the original image."""
-    net_w, net_h = net_size
-    img_w, img_h = image_size
-    if letterbox:
-        if net_w / img_w < net_h / img_h:
-            new_w, new_h = net_w, img_h * net_w / img_w
-        else:
-            new_w, new_h = img_w * net_h / img_h, net_h
-        x, y, w, h = boxes.unbind(1)
-        x = (x - (net_w - new_w) / 2 / net_w) / (new_w / net_w)
-        y = (y - (net_h - new_h) / 2 / net_h) / (new_h / net_h)
-        w = w * net_w / new_w
-        h = h * net_h / new_h
-        boxes = torch.stack([x, y, w, h], 1)
-    corners = _corners(boxes)
-    return corners * torch.tensor([img_w, img_h, img_w, img_h], dtype=corners.dtype, device=corners.device)
-
-
-@torch.no_grad()
-def detect(net, images: torch.Tensor, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
-           image_sizes: list[tuple[int, int]] | None = None, letterbox: bool | None = None) -> list[Detections]:
-    """Run a detector on ``images`` (N, C, H, W, RGB in [0, 1]) and return boxes per image.
-
-    Boxes are in pixels of the network input, or of the original images when ``image_sizes``
-    ``[(width, height), ...]`` is given (then ``letterbox`` — default ``[net] letter_box`` — says
-    whether the images were letterboxed rather than stretched).  NMS is per class, with the last
-    head's ``nms_kind``.
-    """
-    if not net.is_detector:
-        raise ValueError("detect() needs a network with [yolo], [region] or [detection] heads")
-    was_training = net.training
-    net.eval()
-    try:
-        heads = net(images)
-    finally:
-        net.train(was_training)
-    c, h, w = net.input_shape
-    letterbox = bool(net.net.letter_box) if letterbox is None else letterbox
-    last = net.layers[net.outputs[-1]]
-    extra = getattr(last, "extra", {})
-    kind, beta = extra.get("nms_kind", "default"), extra.get("beta_nms", 0.6)
-    results = []
-    for i, cand in enumerate(decode(net, heads, conf_thresh)):
-        size = image_sizes[i] if image_sizes is not None else (w, h)
-        boxes, classes, scores = [], [], []
-        for k in range(cand.scores.shape[1] if cand.scores.numel() else 0):
-            col = cand.scores[:, k]
-            idx = torch.nonzero(col > 0).flatten()
-            if idx.numel() == 0:
-                continue
-            keep = idx[nms(cand.boxes[idx], col[idx], nms_thresh, kind, beta)]
-            boxes.append(cand.boxes[keep])
-            scores.append(col[keep])
-            classes.append(torch.full((len(keep),), k, dtype=torch.long))
-        if boxes:
-            rel = torch.cat(boxes)
-            pix = _letterbox_correct(rel, (w, h), size, letterbox and image_sizes is not None)
-            score = torch.cat(scores)
-            order = torch.argsort(score, descending=True)
-            results.append(Detections(pix[order], score[order], torch.cat(classes)[order]))
-        else:
-            results.append(Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)))
-    return results
+__all__ = ["Dets", "Detections", "DetectError", "darknet_detections", "detect", "prepare_images", "to_detections",
+           "box_iou", "nms", "overlap_measure"]

@@ -77,86 +77,17 @@ def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def _decode_yolo(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[yolo]/[Gaussian_yolo] buffer → (boxes xyxy in input pixels, scores), cell-major then anchor."""
-    _, c, h, w = buf.shape
-    a, e = head.n_anchors, head.entries
-    v = buf.reshape(-1, a, e, h, w).permute(0, 3, 4, 1, 2)  # (B, H, W, A, E): Darknet's candidate order
-    gauss = head.kind == "Gaussian_yolo"
-    ix, iy, iw, ih, iobj = (0, 2, 4, 6, 8) if gauss else (0, 1, 2, 3, 4)
-    cols = torch.arange(w, dtype=buf.dtype).view(1, 1, w, 1)
-    rows = torch.arange(h, dtype=buf.dtype).view(1, h, 1, 1)
-    anchors = torch.tensor(head.anchors, dtype=buf.dtype)  # (A, 2) input pixels
-    cx = (cols + v[..., ix]) * (in_w / w)
-    cy = (rows + v[..., iy]) * (in_h / h)
-    if head.new_coords:
-        bw = 4 * v[..., iw] ** 2 * anchors[:, 0]
-        bh = 4 * v[..., ih] ** 2 * anchors[:, 1]
-    else:
-        bw = torch.exp(v[..., iw]) * anchors[:, 0]
-        bh = torch.exp(v[..., ih]) * anchors[:, 1]
-    scores = v[..., iobj:iobj + 1] * v[..., iobj + 1:]
-    if gauss:
-        point = head.extra.get("yolo_point", "center")
-        if point == "left_top":
-            cx, cy = cx + bw / 2, cy + bh / 2
-        elif point == "right_bottom":
-            cx, cy = cx - bw / 2, cy - bh / 2
-        uncertainty = (v[..., 1] + v[..., 3] + v[..., 5] + v[..., 7]) / 4
-        scores = scores * (1 - uncertainty)[..., None]
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-    return boxes.reshape(-1, h * w * a, 4), scores.reshape(-1, h * w * a, head.classes)
+def _check_decodable(module: nn.Module, spec) -> None:
+    """The head's ``decode_boxes`` hook (the decoder ``netspec.detect`` uses too) must exist for it."""
+    if not getattr(module, "decodes_boxes", False):
+        raise NetspecError(f"{_describe(spec)}: netspec cannot decode this head into boxes (a hierarchical tree= "
+                           "[region] or a head without a decoder); export without decode to get its buffer")
 
 
-def _decode_region(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[region] buffer ``(B, H, W, num, 5+K)`` → boxes and scores (reference §3.12)."""
-    _, h, w, a, _ = buf.shape
-    cols = torch.arange(w, dtype=buf.dtype).view(1, 1, w, 1)
-    rows = torch.arange(h, dtype=buf.dtype).view(1, h, 1, 1)
-    anchors = torch.tensor(head.anchors, dtype=buf.dtype)  # (A, 2) grid cells
-    cx = (cols + torch.sigmoid(buf[..., 0])) * (in_w / w)
-    cy = (rows + torch.sigmoid(buf[..., 1])) * (in_h / h)
-    bw = torch.exp(buf[..., 2]) * anchors[:, 0] * (in_w / w)
-    bh = torch.exp(buf[..., 3]) * anchors[:, 1] * (in_h / h)
-    scores = buf[..., 4:5] * buf[..., 5:]
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-    return boxes.reshape(-1, h * w * a, 4), scores.reshape(-1, h * w * a, head.classes)
-
-
-def _decode_detection(buf: torch.Tensor, head, in_w: int, in_h: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """YOLOv1 [detection] flat buffer: class probs per cell, then confidences, then boxes (§3.13)."""
-    s, k, n = head.side, head.classes, head.num
-    cells = s * s
-    flat = buf.reshape(-1, cells * (k + n * 5))
-    probs = flat[:, :cells * k].reshape(-1, cells, 1, k)
-    conf = flat[:, cells * k:cells * (k + n)].reshape(-1, cells, n, 1)
-    coords = flat[:, cells * (k + n):].reshape(-1, cells, n, 4)
-    index = torch.arange(cells, dtype=buf.dtype).view(1, cells, 1)
-    cols = torch.remainder(index, s)
-    rows = torch.div(index - cols, s)
-    cx = (coords[..., 0] + cols) / s * in_w
-    cy = (coords[..., 1] + rows) / s * in_h
-    bw, bh = coords[..., 2], coords[..., 3]
-    if head.sqrt:
-        bw, bh = bw * bw, bh * bh
-    bw, bh = bw * in_w, bh * in_h
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-    return boxes.reshape(-1, cells * n, 4), (conf * probs).reshape(-1, cells * n, k)
-
-
-def _decoder(module: nn.Module, spec):
-    from .sections.heads import DetectionBuffer, RegionBuffer, YoloBuffer
-
-    if isinstance(module, YoloBuffer):
-        return _decode_yolo
-    if isinstance(module, RegionBuffer):
-        if module.tree is not None:
-            raise NetspecError(f"{_describe(spec)}: decoding a hierarchical (tree=) [region] into boxes is not "
-                               "supported; export without decode to get its buffer")
-        return _decode_region
-    if isinstance(module, DetectionBuffer):
-        return _decode_detection
-    raise NetspecError(f"{_describe(spec)}: netspec cannot decode this head into boxes; export without decode")
+def _pixel_corners(boxes: torch.Tensor, in_w: int, in_h: int) -> torch.Tensor:
+    """Centre boxes relative to the input → x1, y1, x2, y2 in input pixels."""
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack([(x - w / 2) * in_w, (y - h / 2) * in_h, (x + w / 2) * in_w, (y + h / 2) * in_h], -1)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -168,15 +99,13 @@ class _Exported(nn.Module):
         self.net = net
         self.decode = decode
         _, self.in_h, self.in_w = net.input_shape
-        self.decoders = []
         if decode:
             if not net.is_detector:
                 raise NetspecError("decode=True needs a detector: this network has no [yolo], [Gaussian_yolo], "
                                    "[region] or [detection] head")
             classes = set()
             for index in net.outputs:
-                spec = net.spec.layers[index]
-                self.decoders.append(_decoder(net.layers[index], spec))
+                _check_decodable(net.layers[index], net.spec.layers[index])
                 classes.add(net.layers[index].classes)
             if len(classes) > 1:
                 raise NetspecError(f"decode=True needs every head to have the same number of classes, the heads "
@@ -189,10 +118,10 @@ class _Exported(nn.Module):
         if not self.decode:
             return tuple(out)
         boxes, scores = [], []
-        for index, buf, decode in zip(self.net.outputs, out, self.decoders):
-            b, s = decode(buf, self.net.layers[index], self.in_w, self.in_h)
-            boxes.append(b)
-            scores.append(s)
+        for index, buf in zip(self.net.outputs, out):
+            decoded = self.net.layers[index].decode_boxes(buf)
+            boxes.append(_pixel_corners(decoded.boxes, self.in_w, self.in_h))
+            scores.append(decoded.probs)
         return torch.cat(boxes, 1), torch.cat(scores, 1)
 
 

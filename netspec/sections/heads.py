@@ -1,6 +1,7 @@
 """Detection heads: ``[yolo]`` (§3.10), ``[Gaussian_yolo]`` (§3.11), ``[region]`` (§3.12),
 ``[detection]`` (§3.13).  Each module returns exactly Darknet's inference buffer for the layer; the
-box decoding itself lives in :mod:`netspec.detect`."""
+box decoding is each module's ``decode_boxes`` (:mod:`netspec.sections.head_decode`), shared by
+:mod:`netspec.detection` and the ONNX export."""
 
 from __future__ import annotations
 
@@ -94,6 +95,14 @@ class YoloBuffer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"anchors={len(self.anchors)}, classes={self.classes}, scale_x_y={self.scale_x_y}"
+
+    decodes_boxes = True  # decode_boxes() is available (the hook detect and the ONNX export use)
+
+    def decode_boxes(self, buf: torch.Tensor):
+        """Every candidate box of this head (see :class:`netspec.sections.head_decode.HeadBoxes`)."""
+        from .head_decode import decode_yolo
+
+        return decode_yolo(self, buf)
 
 
 def _anchor_pairs(p: Params, num: int, read_limit: int | None) -> list[tuple[float, float]]:
@@ -273,6 +282,17 @@ class RegionBuffer(nn.Module):
             cls = torch.softmax(cls, dim=-1)
         return torch.cat(parts + [cls], dim=-1).contiguous()
 
+    @property
+    def decodes_boxes(self) -> bool:
+        """A hierarchical (tree=) head's classes are not decoded into boxes by netspec."""
+        return self.tree is None
+
+    def decode_boxes(self, buf: torch.Tensor):
+        """Every candidate box of this head (see :class:`netspec.sections.head_decode.HeadBoxes`)."""
+        from .head_decode import decode_region
+
+        return decode_region(self, buf)
+
 
 @register
 class Region(Section):
@@ -333,6 +353,14 @@ class DetectionBuffer(nn.Module):
         n_cls = self.side * self.side * self.classes
         cls = torch.softmax(flat[:, :n_cls].reshape(b, self.side * self.side, self.classes), dim=-1)
         return torch.cat([cls.reshape(b, -1), flat[:, n_cls:]], 1).reshape(x.shape)
+
+    decodes_boxes = True
+
+    def decode_boxes(self, buf: torch.Tensor):
+        """Every candidate box of this head (see :class:`netspec.sections.head_decode.HeadBoxes`)."""
+        from .head_decode import decode_detection
+
+        return decode_detection(self, buf)
 
 
 @register

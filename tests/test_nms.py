@@ -1,0 +1,113 @@
+"""Darknet's NMS (do_nms_sort / diounms_sort) re-computed with its own loops, against the vectorized one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from netspec.nms import darknet_nms
+
+f32 = np.float32
+
+
+def _iou(a, b):
+    def overlap(x1, w1, x2, w2):
+        left = max(f32(x1 - w1 / f32(2)), f32(x2 - w2 / f32(2)))
+        right = min(f32(x1 + w1 / f32(2)), f32(x2 + w2 / f32(2)))
+        return f32(right - left)
+    w = overlap(a[0], a[2], b[0], b[2])
+    h = overlap(a[1], a[3], b[1], b[3])
+    inter = f32(0) if (w < 0 or h < 0) else f32(w * h)
+    union = f32(f32(a[2] * a[3]) + f32(b[2] * b[3]) - inter)
+    return f32(0) if inter == 0 or union == 0 else f32(inter / union)
+
+
+def _diou(a, b, beta):
+    top = min(f32(a[1] - a[3] / f32(2)), f32(b[1] - b[3] / f32(2)))
+    bot = max(f32(a[1] + a[3] / f32(2)), f32(b[1] + b[3] / f32(2)))
+    left = min(f32(a[0] - a[2] / f32(2)), f32(b[0] - b[2] / f32(2)))
+    right = max(f32(a[0] + a[2] / f32(2)), f32(b[0] + b[2] / f32(2)))
+    w, h = f32(right - left), f32(bot - top)
+    c = f32(f32(w * w) + f32(h * h))
+    iou = _iou(a, b)
+    if c == 0:
+        return iou
+    d = f32(f32(f32(a[0] - b[0]) * f32(a[0] - b[0])) + f32(f32(a[1] - b[1]) * f32(a[1] - b[1])))
+    return f32(iou - f32(math.pow(float(f32(d / c)), beta)))
+
+
+def reference_nms(boxes: np.ndarray, probs: np.ndarray, thresh: float, kind: str, beta: float) -> np.ndarray:
+    """box.c: for each class, sort by prob (stable here), each live entry zeroes the later overlapping ones."""
+    probs = probs.copy()
+    n, classes = probs.shape
+    for k in range(classes):
+        order = sorted(range(n), key=lambda i: -probs[i, k])
+        for a_pos, i in enumerate(order):
+            if probs[i, k] == 0:
+                continue
+            for j in order[a_pos + 1:]:
+                if kind == "greedynms":
+                    hit = _diou(boxes[i], boxes[j], 0.6) > thresh
+                elif kind == "diounms":
+                    hit = _diou(boxes[i], boxes[j], beta) > thresh
+                else:
+                    hit = _iou(boxes[i], boxes[j]) > thresh
+                if hit:
+                    probs[j, k] = 0
+    return probs
+
+
+def _scene(seed: int, n: int, classes: int, zero_fraction: float = 0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.1, 0.9, (max(n // 8, 1), 2))
+    pick = rng.integers(0, len(centres), n)
+    xy = centres[pick] + rng.normal(0, 0.02, (n, 2))
+    wh = rng.uniform(0.05, 0.3, (len(centres), 2))[pick] * rng.uniform(0.8, 1.25, (n, 2))
+    boxes = np.concatenate([xy, wh], 1).astype(np.float32)
+    probs = rng.uniform(0, 1, (n, classes)).astype(np.float32)
+    probs[rng.uniform(0, 1, probs.shape) < zero_fraction] = 0
+    return boxes, probs
+
+
+@pytest.mark.parametrize("kind", ["default", "greedynms", "diounms", "cornersnms"])
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorized_nms_equals_darknet_loops(kind, seed):
+    boxes, probs = _scene(seed, 60, 3)
+    for thresh in (0.45, 0.0, 0.7):
+        want = reference_nms(boxes, probs, thresh, kind, 0.7)
+        got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), thresh, kind, 0.7).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"thresh={thresh}")
+
+
+def test_negative_threshold_and_degenerate_boxes_take_the_dense_path():
+    boxes, probs = _scene(7, 30, 2)
+    boxes[3, 2] = 0.0  # zero width
+    for kind, thresh in (("diounms", -0.2), ("default", 0.3), ("greedynms", -0.05)):
+        want = reference_nms(boxes, probs, thresh, kind, 0.6)
+        got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), thresh, kind, 0.6).numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_chains_of_suppression_resolve_in_order():
+    # each box overlaps the next one only: kept, suppressed, kept, suppressed, ...
+    n = 9
+    boxes = torch.tensor([[0.1 + 0.05 * i, 0.5, 0.1, 0.1] for i in range(n)])
+    probs = torch.linspace(0.9, 0.5, n)[:, None]
+    got = darknet_nms(boxes, probs, 0.3)
+    assert (got[:, 0] > 0).tolist() == [i % 2 == 0 for i in range(n)]
+
+
+def test_nms_unknown_kind():
+    with pytest.raises(ValueError, match="nms_kind"):
+        darknet_nms(torch.zeros(2, 4), torch.ones(2, 1), 0.5, "fancy")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nms_stays_on_the_device():
+    boxes, probs = _scene(1, 200, 4)
+    got = darknet_nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(probs).cuda(), 0.45)
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), reference_nms(boxes, probs, 0.45, "default", 0.6))
