@@ -6,6 +6,9 @@ Used by :meth:`netspec.network.Network.fuse`.  The fold follows Darknet's load-t
 
 from __future__ import annotations
 
+import functools
+import platform
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -143,6 +146,44 @@ _POST_OPS: dict[Activation, tuple[str, list]] = {
 }
 
 
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; ARM: the BF16 extension).
+    Elsewhere bfloat16 is emulated and slower than float32 (about 50x for convolutions on an AVX2 CPU)."""
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"):
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_warned: set[str] = set()
+
+
+def autocast_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype netspec's own CPU fast paths compute in for ``x``: the autocast dtype when autocast is on,
+    except bfloat16 on a CPU without native bfloat16, where float32 is faster (warned once)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return x.dtype
+    dtype = torch.get_autocast_dtype("cpu")
+    if dtype == torch.bfloat16 and not native_bf16():
+        warn_slow_bf16()
+        return torch.float32
+    return dtype
+
+
+def warn_slow_bf16() -> None:
+    """Once per process: bfloat16 autocast on this CPU is slower than float32."""
+    if "bf16" in _warned:
+        return
+    _warned.add("bf16")
+    warnings.warn("bfloat16 autocast on a CPU without native bfloat16 (no AVX512-BF16, AMX or ARM BF16): torch "
+                  "emulates it, so it runs slower than float32 here (about 50x for convolutions); netspec's fused "
+                  "convolutions stay in float32.  Run without autocast for speed.", RuntimeWarning, stacklevel=3)
+
+
 class PackedConv:
     """Inference fast path of a fused conv layer on the CPU: the weights reordered once into oneDNN's
     blocked layout (in the compute dtype: float32, or bfloat16 under autocast or for bf16 inputs),
@@ -150,12 +191,15 @@ class PackedConv:
 
     Without it every call reorders the weights again (and autocast casts them to bf16 again).  Used only
     where it computes the same thing: no autograd, not while tracing or compiling (inductor's freezing
-    packs weights itself), CPU, float32/bfloat16.  The packed copy is a cache, not state: dropped on
-    copy and pickling, rebuilt when the weights, dtype or input shape change."""
+    packs weights itself), CPU, float32/bfloat16.  Under bfloat16 autocast on a CPU without native
+    bfloat16 it computes in float32 (see :func:`autocast_compute_dtype`).  The packed copy is a cache, not
+    state: dropped on copy and pickling, rebuilt when the weights, dtype or input shape change.  A dtype
+    and input shape oneDNN refuses to pack is remembered, so that it is not tried again on every call."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._packed: tuple | None = None
+        self._refused: set[tuple] = set()  # (dtype, input shape) oneDNN would not pack: the regular path
 
     def __deepcopy__(self, memo) -> PackedConv:
         return PackedConv()
@@ -170,18 +214,21 @@ class PackedConv:
         if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or x.device.type != "cpu" or x.dim() != 4):
             return None
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        dtype = autocast_compute_dtype(x)
         if dtype not in (torch.float32, torch.bfloat16):
             return None
         conv = layer.conv
         weight, bias = conv.weight, conv.bias
         key = (dtype, tuple(x.shape), weight.data_ptr(), weight._version, bias.data_ptr(), bias._version)
         if key != self._key:
+            if key[:2] in self._refused:
+                return None
             try:
                 packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.detach().to(dtype).to_mkldnn(), list(conv.padding), list(conv.stride),
                     list(conv.dilation), conv.groups, list(x.shape))
-            except RuntimeError:  # a shape or dtype oneDNN does not take: the regular path
+            except RuntimeError:  # a shape or dtype oneDNN does not take: the regular path, from now on
+                self._refused.add(key[:2])
                 return None
             fn = layer.act_fn.fn if isinstance(layer.act_fn, InplaceActivation) else layer.act_fn
             attr, scalars = _POST_OPS.get(fn, ("none", []))

@@ -77,6 +77,10 @@ class Network(nn.Module):
         """Run the network.  Classifiers return the last output.  Detectors return one tensor per head:
         in eval mode Darknet's inference buffer, in training mode the tensor fed into the head (before
         its activation), which is what :class:`netspec.DetectionLoss` takes."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            from .inference import autocast_compute_dtype
+
+            autocast_compute_dtype(x)  # warns once where bfloat16 autocast is slower than float32
         saved: list[Any] = [None] * len(self.layers)
         layers = self.layers
         head_inputs = self.training and self.is_detector

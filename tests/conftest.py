@@ -20,6 +20,15 @@ def need_shared(path: Path = SHARED) -> Path:
     return path
 
 
+def need_native_bf16() -> None:
+    """Skip where the CPU has no native bfloat16: there netspec keeps its fast paths in float32 (tested on
+    its own, with the capability check simulated)."""
+    from netspec.inference import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16, AMX or ARM BF16): bf16 fast paths stay float32")
+
+
 @pytest.fixture
 def darknet_cfgs() -> Path:
     return need_shared(DARKNET_CFGS)

@@ -16,7 +16,7 @@ from netspec.materialize import assemble_uninitialized, load_initializing_rest
 from netspec.network import assemble
 from netspec.weights import load_darknet_weights, save_darknet_weights
 
-from .conftest import CFGS, CONFORMANCE
+from .conftest import CFGS, CONFORMANCE, need_native_bf16
 from .test_conformance import load_vector
 
 # kitchen-sink: shared convs, antialiasing, every activation; -cls: [connected] with BN; yolov7-tiny: deep.
@@ -242,12 +242,16 @@ def fused_small():
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_packed_conv_path_is_used_and_matches(fused_small, dtype):
+    if dtype == "bf16":
+        need_native_bf16()
     net, fused = fused_small
     x = torch.rand(2, 3, 32, 32)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), ctx:
         expected, got = net(x), fused(x)
-    assert _fast_layers(fused) and all(m.fast._key is not None for m in _fast_layers(fused))
+    packed_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    assert _fast_layers(fused) and all(m.fast._key is not None and m.fast._key[0] == packed_dtype
+                                       for m in _fast_layers(fused))
     tol = 1e-5 if dtype == "fp32" else 3e-2
     torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)
 
@@ -289,3 +293,73 @@ def test_fast_inplace_mish_equals_torch_mish(dtype, layout):
     got = _mish_(x.clone())
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol, equal_nan=True)
+
+
+# ------------------------------------------------------------------ CPUs without native bfloat16
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """This CPU as an AVX2-only one: no native bfloat16, and oneDNN refusing to pack bfloat16 weights."""
+    import netspec.inference as inference
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)
+    monkeypatch.setattr(inference, "_warned", set())
+    real_reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+    attempts = {"bf16": 0}
+
+    def reorder(weight, *args):
+        if weight.dtype == torch.bfloat16:
+            attempts["bf16"] += 1
+            raise RuntimeError("mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx512bw, avx512vl "
+                               "and avx512dq")
+        return real_reorder(weight, *args)
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", reorder)
+    return attempts
+
+
+def test_native_bf16_skip_follows_the_capability_check(cpu_without_bf16):
+    with pytest.raises(pytest.skip.Exception, match="no native bfloat16"):
+        need_native_bf16()
+
+
+def test_bf16_autocast_without_native_bf16_warns_once_and_packs_float32(fused_small, cpu_without_bf16):
+    import warnings
+
+    net, fused = fused_small
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        got = [fused(x) for _ in range(3)]
+    slow = [w for w in caught if "slower than float32" in str(w.message)]
+    assert len(slow) == 1, [str(w.message) for w in caught]
+    assert cpu_without_bf16["bf16"] == 0  # no bf16 pack attempted at all
+    assert all(m.fast._key is not None and m.fast._key[0] == torch.float32 for m in _fast_layers(fused))
+    for y in got:  # float32 convolutions: closer to the float32 result than bf16 would be
+        torch.testing.assert_close(y.float(), expected, rtol=3e-2, atol=3e-2)
+
+
+def test_refused_bf16_pack_is_not_retried_on_every_call(fused_small, cpu_without_bf16):
+    net, fused = fused_small
+    low = copy.deepcopy(fused).to(torch.bfloat16)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        outs = [low(x.to(torch.bfloat16)) for _ in range(6)]
+    n_fast = len(_fast_layers(low))
+    assert n_fast and cpu_without_bf16["bf16"] == n_fast  # one refused attempt per layer, not one per call
+    for y in outs:
+        torch.testing.assert_close(y.float(), expected, rtol=5e-2, atol=5e-2)
+
+
+def test_unfused_bf16_autocast_without_native_bf16_warns(cpu_without_bf16):
+    import warnings
+
+    net = netspec.build(SMALL_CFG).eval()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        net(torch.rand(1, 3, 32, 32))
+        net(torch.rand(1, 3, 32, 32))
+    assert sum("slower than float32" in str(w.message) for w in caught) == 1
