@@ -43,6 +43,7 @@ _LAZY = {
     "read_labels": "netspec.datasets",
     "label_path": "netspec.datasets",
     "read_coco": "netspec.datasets",
+    "DetectionLoss": "netspec.loss",
 }
 
 __all__ = ["CfgError", "CheckpointError", "DataError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]

@@ -170,6 +170,12 @@ class Yolo(_YoloBase):
                           [anchors[m] for m in p.mask], p.classes, bool(p.new_coords),
                           (ctx.net.width, ctx.net.height), "yolo", {"nms_kind": p.nms_kind, "beta_nms": p.beta_nms})
 
+    def loss(self, spec: LayerSpec, net_params: Params):
+        """Darknet's training deltas for this layer (``netspec/sections/yolo_loss.py``)."""
+        from .yolo_loss import YoloLoss
+
+        return YoloLoss(spec, net_params, gaussian=False)
+
 
 @register
 class GaussianYolo(_YoloBase):
@@ -193,6 +199,12 @@ class GaussianYolo(_YoloBase):
                           [anchors[m] for m in p.mask], p.classes, False, (ctx.net.width, ctx.net.height),
                           "Gaussian_yolo", {"nms_kind": p.nms_kind, "beta_nms": p.beta_nms,
                                             "yolo_point": p.yolo_point})
+
+    def loss(self, spec: LayerSpec, net_params: Params):
+        """Gaussian YOLOv3's training deltas (``netspec/sections/yolo_loss.py``)."""
+        from .yolo_loss import YoloLoss
+
+        return YoloLoss(spec, net_params, gaussian=True)
 
 
 def read_tree(path: str) -> list[tuple[int, int]]:
