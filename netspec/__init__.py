@@ -9,7 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import CfgError, CheckpointError, DataError, LimitError, NetspecError, Problem, WeightsError
+from .errors import (CfgError, CheckpointError, DataError, LimitError, NetspecError, Problem, SectionError,
+                     WeightsError)
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,11 @@ _LAZY = {
     "save_darknet_weights": "netspec.weights",
     "export_onnx": "netspec.onnx_export",
     "load_port": "netspec.ports",
+    "Section": "netspec.sections.base",
+    "register_section": "netspec.sections.base",
+    "SpecError": "netspec.sections.base",
+    "Inference": "netspec.sections.base",
+    "InitTarget": "netspec.sections.base",
     "load_image": "netspec.images",
     "resize_image": "netspec.images",
     "letterbox": "netspec.images",
@@ -46,7 +52,8 @@ _LAZY = {
     "DetectionLoss": "netspec.loss",
 }
 
-__all__ = ["CfgError", "CheckpointError", "DataError", "LimitError", "NetspecError", "Problem", "WeightsError", *_LAZY]
+__all__ = ["CfgError", "CheckpointError", "DataError", "LimitError", "NetspecError", "Problem", "SectionError",
+           "WeightsError", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .builder import build, build_spec  # noqa: F401
