@@ -9,8 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import (CfgError, CheckpointError, DataError, LimitError, NetspecError, Problem, SectionError,
-                     WeightsError)
+from .errors import CfgError, CheckpointError, DataError, LimitError, NetspecError, Problem, SectionError, WeightsError
 
 __version__ = "0.1.0"
 
