@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",
     "export": "export a network to ONNX (optionally with box decoding in the graph)",
     "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",
+    "detect": "detect objects in images as darknet detector test (-out JSON, drawn boxes)",
     "demo-data": "write a small offline detection dataset (shapes on textured backgrounds) with obj.data",
 }
 

@@ -127,3 +127,73 @@ def test_detect_end_to_end_with_letterbox():
     assert (ob[3] - ob[1]).item() == pytest.approx(14 * 128 / 32, rel=1e-4)
     cx = ((box[0] + box[2]) / 2).item()
     assert ((ob[0] + ob[2]) / 2).item() == pytest.approx((cx - 16) * 128 / 32, rel=1e-4)
+
+
+def _tiny_detector():
+    net = netspec.build(TINY.replace("letter_box=1\n", ""))
+    with torch.no_grad():
+        conv = net.layers[0].conv
+        conv.weight.zero_()
+        conv.bias.fill_(-10.0)
+        conv.bias[2:4] = 0.0
+        conv.bias[6] = 10.0
+        conv.weight[4, 0] = 20.0
+    return net
+
+
+def test_detect_takes_paths_pil_images_and_arrays(tmp_path):
+    from PIL import Image
+
+    net = _tiny_detector()
+    pixels = np.zeros((64, 128, 3), np.uint8)
+    pixels[16:20, 80:84, 0] = 255
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    results = [netspec.detect(net, item, conf_thresh=0.5) for item in
+               (tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(pixels), pixels,
+                netspec.load_image(pixels))]
+    results.append(netspec.detect(net, [pixels, tmp_path / "a.png"], conf_thresh=0.5)[1:])
+    for (dets,) in results:
+        assert len(dets) == 1 and dets.classes.tolist() == [1]
+        x1, y1, x2, y2 = dets.boxes[0].tolist()
+        assert (x1 + x2) / 2 == pytest.approx(82, abs=2) and (y1 + y2) / 2 == pytest.approx(18, abs=2)
+        assert torch.equal(dets.boxes, results[0][0].boxes)
+
+
+def test_detect_refuses_a_tensor_of_another_size():
+    net = _tiny_detector()
+    with pytest.raises(netspec.NetspecError, match="network takes 3x32x64"):
+        netspec.detect(net, torch.zeros(1, 3, 64, 128))
+    with pytest.raises(netspec.NetspecError, match="network takes 3x32x64"):
+        netspec.darknet_detections(net, torch.zeros(1, 3, 64, 128))
+    with pytest.raises(netspec.NetspecError, match="image_sizes goes with"):
+        netspec.detect(net, [np.zeros((8, 8, 3), np.uint8)], image_sizes=[(8, 8)])
+    classifier = netspec.build("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n")
+    with pytest.raises(netspec.NetspecError, match="needs a network with"):
+        netspec.detect(classifier, torch.zeros(1, 3, 8, 8))
+
+
+def test_darknet_detections_letterbox_geometry():
+    """A box decoded at the centre of the network input maps back through Darknet's integer letterbox."""
+    net = _tiny_detector()
+    x = torch.zeros(1, 3, 32, 64)
+    x[0, 0, 8, 40] = 1.0
+    (plain,) = netspec.darknet_detections(net, x, thresh=0.5)
+    (boxed,) = netspec.darknet_detections(net, x, [(100, 100)], thresh=0.5, letterbox=True)
+    # 100x100 into 64x32: new size 32x32 (integer), offset 16 px on each side
+    px, py, pw, ph = plain.boxes[0].tolist()
+    bx, by, bw, bh = boxed.boxes[0].tolist()
+    assert bx == pytest.approx((px - 16 / 64) / (32 / 64), abs=1e-6)
+    assert by == pytest.approx(py, abs=1e-6) and bh == pytest.approx(ph, abs=1e-6)
+    assert bw == pytest.approx(pw * 2, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_detections_stay_on_the_device():
+    net = _tiny_detector().cuda()
+    x = torch.zeros(2, 3, 32, 64, device="cuda")
+    x[0, 0, 8, 40] = 1.0
+    dets = netspec.darknet_detections(net, x, thresh=0.5)
+    assert all(d.boxes.is_cuda and d.probs.is_cuda and d.objectness.is_cuda for d in dets)
+    assert len(dets[0]) == 1 and len(dets[1]) == 0
+    (found,) = netspec.detect(net, torch.zeros(1, 3, 32, 64, device="cuda"), conf_thresh=0.5)
+    assert found.boxes.is_cuda and found.classes.is_cuda

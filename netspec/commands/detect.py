@@ -1,0 +1,180 @@
+"""``netspec detect CFG IMAGE... --weights W``: Darknet's ``detector test`` on image files.
+
+Images are files (PNG, JPEG, BMP, WebP, ...), folders of images, or list files (one path a line, Darknet's
+``train.txt``).  Each image is resized (or ``--letter-box``ed) exactly as Darknet does, run in batches on
+the fused network, and its objects are printed as Darknet prints them; ``--out`` writes Darknet's
+``-out`` JSON, ``--save-dir`` the pictures with the boxes drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from ..errors import NetspecError
+from .common import add_cfg_arguments, cfg_source, limits_from, positive_int, print_warnings
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_cfg_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, folders of images, or list files (one image path a line)")
+    parser.add_argument("--weights", metavar="FILE", required=True,
+                        help="the parameters: Darknet .weights, netspec checkpoint or .safetensors")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--data", metavar="OBJ.DATA", help="Darknet .data file whose names= gives the class names")
+    names.add_argument("--names", metavar="FILE", help="class names file, one a line (default: class ids)")
+    parser.add_argument("--thresh", type=_fraction, default=0.25, help="objectness/probability threshold (0.25)")
+    parser.add_argument("--hier-thresh", type=_fraction, default=0.5,
+                        help="hierarchical threshold (0.5; Darknet's detector test decodes without it)")
+    parser.add_argument("--nms", type=_fraction, default=0.45, help="NMS threshold (0.45; 0 turns NMS off)")
+    parser.add_argument("--letter-box", action="store_true",
+                        help="letterbox the images instead of stretching them ([net] letter_box=1 implies it)")
+    parser.add_argument("--out", metavar="FILE.json", help="write Darknet's -out JSON (a list of frames)")
+    parser.add_argument("--save-dir", metavar="DIR", help="write each image with its boxes drawn (DIR/NAME.jpg)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per forward pass (1)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (cpu)")
+    parser.add_argument("--quiet", action="store_true", help="print no object lines (errors and warnings still)")
+
+
+def _expand_images(items: list[str]) -> list[str]:
+    """Image files as given, folders and list files expanded (datasets.read_image_list)."""
+    from ..datasets import IMAGE_EXTENSIONS, read_image_list
+
+    paths = []
+    for item in items:
+        if os.path.isdir(item) or (os.path.isfile(item) and not item.lower().endswith(IMAGE_EXTENSIONS)):
+            paths.extend(read_image_list(item))
+        else:
+            paths.append(item)  # an image (a missing one is reported by name when it is read)
+    return paths
+
+
+def _class_names(args: argparse.Namespace, classes: int) -> list[str]:
+    from ..datasets import read_data_config, read_names
+
+    if args.data:
+        config = read_data_config(args.data)
+        names, source = config.names, config.names_path or args.data
+    elif args.names:
+        names, source = read_names(args.names), args.names
+    else:
+        return [str(k) for k in range(classes)]
+    if len(names) != classes:
+        raise NetspecError(f"{source}: holds {len(names)} class names but the network has classes={classes}")
+    return names
+
+
+def _load_network(args: argparse.Namespace):
+    from ..builder import build_spec
+    from ..materialize import assemble_uninitialized, load_initializing_rest
+    from .convert import DARKNET, file_format, load_parameters
+
+    spec = build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
+                      limits=limits_from(args))
+    net = assemble_uninitialized(spec)
+    print_warnings(net.warnings)
+    if file_format(args.weights, reading=True) == DARKNET:
+        report = load_initializing_rest(net, args.weights, strict=not args.lenient)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not report.complete:
+            print(f"warning: {args.weights} ends at layer {report.last_layer}: the layers after it are random, "
+                  "so are their detections", file=sys.stderr)
+    else:
+        load_parameters(net, args.weights)
+    if not net.is_detector:
+        raise NetspecError(f"{args.cfg}: not a detector (no [yolo], [Gaussian_yolo], [region] or [detection] "
+                           "layer); netspec detect needs one")
+    return net
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise NetspecError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NetspecError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def _save_path(directory: str, image_path: str, taken: set[str]) -> str:
+    stem = os.path.splitext(os.path.basename(image_path))[0] or "image"
+    name, n = f"{stem}.jpg", 1
+    while name in taken:  # two images with the same name from different folders
+        n += 1
+        name = f"{stem}_{n}.jpg"
+    taken.add(name)
+    return os.path.join(directory, name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_OUTPUT
+    from ..detect_report import draw_detections, json_objects, text_lines
+    from ..detection import darknet_detections, prepare_images
+
+    device = _device(args.device)
+    paths = _expand_images(args.images)
+    net = _load_network(args)
+    classes = int(net.layers[net.outputs[-1]].classes)
+    names = _class_names(args, classes)
+    net.fuse()  # inference fast path: BN folded into the convolutions
+    net.to(device)
+    letterbox = bool(args.letter_box or net.net.letter_box)
+    if args.save_dir:
+        try:
+            os.makedirs(args.save_dir, exist_ok=True)
+        except OSError as exc:
+            print(f"{args.save_dir}: cannot create the folder: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_OUTPUT
+    frames, taken = [], set()
+    for start in range(0, len(paths), args.batch):
+        chunk = paths[start:start + args.batch]
+        began = time.perf_counter()
+        batch, sizes = prepare_images(net, chunk, letterbox, device)
+        dets = darknet_detections(net, batch, sizes, args.thresh, args.hier_thresh, args.nms, letterbox)
+        elapsed = (time.perf_counter() - began) * 1000 / len(chunk)
+        for path, size, d in zip(chunk, sizes, dets):
+            d.boxes, d.objectness, d.probs = d.boxes.cpu(), d.objectness.cpu(), d.probs.cpu()
+            if not args.quiet:
+                print(f"{path}: Predicted in {elapsed:.1f} milli-seconds.")
+                for line in text_lines(d, names, size, args.thresh):
+                    print(line)
+            frames.append({"frame_id": len(frames) + 1, "filename": path, "objects": json_objects(d, names)})
+            if args.save_dir:
+                from PIL import Image
+
+                target = _save_path(args.save_dir, path, taken)
+                with Image.open(path) as original:
+                    drawn = draw_detections(original, d, names, args.thresh)
+                try:
+                    drawn.save(target, quality=95)
+                except OSError as exc:
+                    print(f"{target}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+                    return EXIT_OUTPUT
+    if args.out:
+        from ..atomic import atomic_write
+
+        try:
+            with atomic_write(args.out) as fh:
+                fh.write((json.dumps(frames, indent=1) + "\n").encode())
+        except OSError as exc:
+            print(f"{args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_OUTPUT
+    return 0
