@@ -130,6 +130,7 @@ def test_detect_end_to_end_with_letterbox():
 
 
 def _tiny_detector():
+    """A small detector whose weights make one confident class-1 box where the red channel is lit."""
     net = netspec.build(TINY.replace("letter_box=1\n", ""))
     with torch.no_grad():
         conv = net.layers[0].conv
@@ -141,12 +142,18 @@ def _tiny_detector():
     return net
 
 
+def red_square() -> np.ndarray:
+    """A 128x64 picture, black but for a red square centred at (82, 18): one detection of _tiny_detector."""
+    pixels = np.zeros((64, 128, 3), np.uint8)
+    pixels[16:20, 80:84, 0] = 255
+    return pixels
+
+
 def test_detect_takes_paths_pil_images_and_arrays(tmp_path):
     from PIL import Image
 
     net = _tiny_detector()
-    pixels = np.zeros((64, 128, 3), np.uint8)
-    pixels[16:20, 80:84, 0] = 255
+    pixels = red_square()
     Image.fromarray(pixels).save(tmp_path / "a.png")
     results = [netspec.detect(net, item, conf_thresh=0.5) for item in
                (tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(pixels), pixels,

@@ -117,46 +117,20 @@ def test_detect_finds_every_darknet_object(name, tmp_path, capsys):
     assert f"{scenes[0]}: Predicted in" in printed and "(left_x:" in printed
 
 
-TINY = """
-[net]
-width=64
-height=32
-channels=3
-[convolutional]
-filters=21
-size=1
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=2
-num=3
-"""
-
-
 @pytest.fixture
 def tiny(tmp_path):
-    """A small detector whose weights make one confident class-1 box where the red channel is lit."""
-    import torch
-
+    """tests/test_detect.py's small detector as a cfg and .weights, two pictures of its one object, names."""
     import netspec
 
+    from .test_detect import TINY, _tiny_detector, red_square
+
     cfg = tmp_path / "tiny.cfg"
-    cfg.write_text(TINY)
-    net = netspec.build(cfg)
-    with torch.no_grad():
-        conv = net.layers[0].conv
-        conv.weight.zero_()
-        conv.bias.fill_(-10.0)
-        conv.bias[2:4] = 0.0
-        conv.bias[6] = 10.0
-        conv.weight[4, 0] = 20.0
+    cfg.write_text(TINY.replace("letter_box=1\n", ""))
     weights = tmp_path / "tiny.weights"
-    netspec.save_darknet_weights(net, weights)
+    netspec.save_darknet_weights(_tiny_detector(), weights)
     from PIL import Image
 
-    pixels = np.zeros((64, 128, 3), np.uint8)
-    pixels[16:20, 80:84, 0] = 255  # red square: one detection there
+    pixels = red_square()
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(pixels).save(images / "a.png")
