@@ -1,12 +1,17 @@
-"""A small, dependency-free reader/writer of the safetensors format.
+"""safetensors files through the ``safetensors`` package, with netspec's checksum and untrusted-file checks.
 
-Layout (the public format): 8-byte little-endian header length N, N bytes of JSON header
-(``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}``, padded with
-spaces to a multiple of 8), then the raw little-endian tensor bytes, offsets relative to that data section.
+Writing uses ``safetensors.torch.save_file`` (straight from the tensors' memory, through a temporary file
+that atomically replaces the target); reading uses ``safe_open``: tensors are memory-mapped from the file,
+not read and copied.  Any safetensors file reads here, and the files netspec writes read with the plain
+package (netspec's information is ``str -> str`` metadata, as the format allows).
 
-netspec adds a SHA-256 of the header and data under the metadata key ``netspec.sha256``; when present it is
-verified on load (and removed from the returned metadata), so a torn or corrupted file is reported, never
-silently loaded.  Nothing in this format is executable: loading never unpickles.
+netspec adds a SHA-256 under the metadata key ``netspec.content_sha256``: over the metadata and every tensor's
+name, dtype, shape and bytes, in name order, so it does not depend on how a writer lays out the file.
+It is verified on load (and removed from the returned metadata), so a torn or corrupted file is reported,
+never silently loaded.  Files written before netspec used the package carry ``netspec.sha256`` (over the
+header as laid out and the data section); they are verified that way.  Before the package sees a file, its
+header is checked here, so that a damaged or hostile file gets an error saying what is wrong with it.
+Nothing in this format is executable: loading never unpickles.
 """
 
 from __future__ import annotations
@@ -16,133 +21,119 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Mapping
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_path
 from .errors import CheckpointError
 
-CHECKSUM_KEY = "netspec.sha256"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+CHECKSUM_KEY = "netspec.content_sha256"
+LEGACY_CHECKSUM_KEY = "netspec.sha256"  # layout-based; verified on files netspec wrote before
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
 
-_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_BY_NAME = {v: k for k, v in _DTYPES.items()}
+# bytes per element of the dtype codes the format defines (what a file may hold)
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "C64": 8}
 
 
-def _raw(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes in little-endian order (a view where possible)."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous().reshape(-1)
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    data = t.view(torch.uint8).numpy() if t.numel() else b""
-    if sys.byteorder != "little" and t.element_size() > 1:  # pragma: no cover - big-endian hosts
-        data = t.numpy().byteswap().view("u1")
-    return memoryview(data).cast("B") if len(data) else memoryview(b"")
+def _little_endian_bytes(tensor: torch.Tensor) -> memoryview:
+    """A contiguous CPU tensor's bytes as the format stores them (little-endian)."""
+    if not tensor.numel():
+        return memoryview(b"")
+    flat = tensor.reshape(-1)
+    if sys.byteorder != "little" and tensor.element_size() > 1:  # pragma: no cover - big-endian hosts
+        return memoryview(flat.numpy().byteswap().view("u1"))
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> tuple[dict, list[memoryview]]:
-    header: dict = {}
-    if metadata:
-        for k, v in metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"safetensors metadata must map str to str, got {k!r}: {type(v).__name__}")
-        header["__metadata__"] = dict(metadata)
-    chunks: list[memoryview] = []
-    offset = 0
+def content_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """The SHA-256 stored under :data:`CHECKSUM_KEY`: metadata (without the checksum keys) and tensors."""
+    listing = {"metadata": {k: v for k, v in metadata.items() if k not in (CHECKSUM_KEY, LEGACY_CHECKSUM_KEY)},
+               "tensors": {name: [str(t.dtype), list(t.shape)] for name, t in tensors.items()}}
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        digest.update(_little_endian_bytes(tensors[name]))
+    return digest.hexdigest()
+
+
+def _prepared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors, none sharing memory (the package refuses shared storage: a tied parameter
+    is stored once per name, as the state_dict lists it)."""
+    out: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
     for name, tensor in tensors.items():
         if name == "__metadata__":
             raise ValueError("'__metadata__' cannot be a tensor name")
-        if tensor.dtype not in _DTYPES:
-            raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no safetensors code")
-        raw = _raw(tensor)
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    return header, chunks
+        t = tensor.detach().to("cpu").contiguous()
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages:
+                t = t.clone()
+                ptr = t.untyped_storage().data_ptr()
+            storages.add(ptr)
+        out[name] = t
+    return out
 
 
-def _digest(header: dict, chunks: Iterator) -> str:
-    h = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                     metadata: dict[str, str] | None = None, *, checksum: bool = True) -> None:
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                     metadata: Mapping[str, str] | None = None, *, checksum: bool = True) -> None:
     """Write ``tensors`` (CPU or not; any layout) and ``metadata`` to ``path`` atomically.
 
-    ``checksum`` adds ``netspec.sha256`` to the metadata (verified by :func:`load_safetensors`).
+    ``checksum`` adds :data:`CHECKSUM_KEY` to the metadata (verified by :func:`load_safetensors`).
     """
-    header, chunks = _header(tensors, metadata)
+    from safetensors.torch import save_file
+
+    meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"safetensors metadata must map str to str, got {k!r}: {type(v).__name__}")
+    prepared = _prepared(tensors)
     if checksum:
-        header.setdefault("__metadata__", {})[CHECKSUM_KEY] = _digest(header, chunks)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with atomic_write(path) as fh:
-        fh.write(struct.pack("<Q", len(encoded)))
-        fh.write(encoded)
-        for chunk in chunks:
-            fh.write(chunk)
+        meta[CHECKSUM_KEY] = content_digest(prepared, meta)
+    with atomic_path(path) as tmp:
+        save_file(prepared, tmp, meta or None)
 
 
 def _fail(path, message: str) -> CheckpointError:
     return CheckpointError(f"{os.fspath(path)}: {message}")
 
 
-def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<bytes>"
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Decode a whole safetensors file held in memory (see :func:`load_safetensors`)."""
-    view = memoryview(data)
-    if len(view) < 8:
-        raise _fail(path, f"too short for a safetensors file ({len(view)} bytes)")
-    (size,) = struct.unpack("<Q", view[:8])
+def _parse_header(head: bytes, read_header, file_size: int, path) -> tuple[dict, int]:
+    """Check a safetensors header: ``(header, data offset)``, or a :class:`CheckpointError` that says what
+    is wrong.  ``head`` is the file's first 8 bytes, ``read_header(n)`` returns the next n."""
+    if len(head) < 8:
+        raise _fail(path, f"too short for a safetensors file ({file_size} bytes)")
+    (size,) = struct.unpack("<Q", head[:8])
     try:
-        if size > min(MAX_HEADER_BYTES, len(view) - 8):
+        if size > min(MAX_HEADER_BYTES, file_size - 8):
             raise ValueError("bad header length, or the file is truncated")
-        header = json.loads(bytes(view[8:8 + size]).decode("utf-8"))
+        header = json.loads(read_header(size).decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as exc:
-        if bytes(view[:1]) == b"\x80" or bytes(view[:4]) == b"PK\x03\x04":
+        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
             raise _fail(path, "this looks like a pickle/torch.save file, not safetensors; netspec refuses to unpickle "
                               "(it could run arbitrary code)") from None
         raise _fail(path, f"not a safetensors file ({exc})") from None
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise _fail(path, "safetensors __metadata__ is not an object")
-    body = view[8 + size:]
-    tensors: dict[str, torch.Tensor] = {}
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "safetensors __metadata__ is not an object of strings")
+    data_bytes = file_size - 8 - size
     spans = []
     try:
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            dtype = _BY_NAME[entry["dtype"]]
+            item = _ITEM_BYTES[entry["dtype"]]
             shape = [int(d) for d in entry["shape"]]
             begin, end = (int(x) for x in entry["data_offsets"])
             count = 1
             for d in shape:
                 count *= d
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(body) or end - begin != count * itemsize:
+            if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_bytes or end - begin != count * item:
                 raise ValueError(f"tensor {name!r} has inconsistent offsets or shape")
             spans.append((begin, end))
-            buf = bytearray(body[begin:end])
-            if dtype == torch.bool:
-                t = torch.frombuffer(buf, dtype=torch.uint8).to(torch.bool) if buf else torch.empty(0, dtype=dtype)
-            else:
-                t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-            tensors[name] = t.reshape(shape)
     except KeyError as exc:
         raise _fail(path, f"unsupported or missing safetensors field {exc}") from None
     except (TypeError, ValueError) as exc:
@@ -152,28 +143,91 @@ def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<byte
         if begin != covered:
             raise _fail(path, f"damaged safetensors file: bytes {covered}..{begin} of the data belong to no tensor")
         covered = end
-    if covered != len(body):
+    if covered != data_bytes:
         # what the safetensors format requires (its reference reader refuses it too): padding or a cut-and-paste
-        raise _fail(path, f"damaged safetensors file: {len(body) - covered} bytes after the last tensor")
+        raise _fail(path, f"damaged safetensors file: {data_bytes - covered} bytes after the last tensor")
+    return header, 8 + size
+
+
+def _verify(path, header: dict, tensors: dict[str, torch.Tensor], read_data) -> dict[str, str]:
+    """The metadata without the checksum, after checking the checksum the file carries (if any)."""
+    metadata = dict(header.get("__metadata__", {}))
     expected = metadata.pop(CHECKSUM_KEY, None)
+    legacy = metadata.pop(LEGACY_CHECKSUM_KEY, None)
     if expected is not None:
-        if not metadata:
-            header.pop("__metadata__", None)
-        actual = _digest(header, (body[b:e] for b, e in spans))
-        if actual != expected:
-            raise _fail(path, "checksum mismatch: the file is corrupt or was modified")
-    return tensors, dict(metadata)
+        actual = content_digest(tensors, metadata)
+    elif legacy is not None:
+        actual = _legacy_digest(header, metadata, read_data)
+        expected = legacy
+    else:
+        return metadata
+    if actual != expected:
+        raise _fail(path, "checksum mismatch: the file is corrupt or was modified")
+    return metadata
+
+
+def _legacy_digest(header: dict, metadata: dict[str, str], read_data) -> str:
+    """netspec's checksum before it used the package: the header as laid out (without the checksum), then
+    every tensor's bytes in header order."""
+    layout = {k: v for k, v in header.items() if k != "__metadata__"}
+    if metadata:
+        layout = {"__metadata__": metadata, **layout}
+    digest = hashlib.sha256(json.dumps(layout, sort_keys=True, separators=(",", ":")).encode())
+    for entry in layout.values():
+        if "data_offsets" in entry:
+            begin, end = entry["data_offsets"]
+            for chunk in read_data(begin, end):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read ``path``: ``(tensors, metadata)``.  Raises :class:`~netspec.errors.CheckpointError` for a file
-    that is not safetensors, is truncated, or fails its ``netspec.sha256`` checksum."""
+    """Read ``path``: ``(tensors, metadata)``, the tensors memory-mapped from the file.  Raises
+    :class:`~netspec.errors.CheckpointError` for a file that is not safetensors, is truncated or padded,
+    or fails its netspec checksum."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            file_size = os.fstat(fh.fileno()).st_size
+            header, data_start = _parse_header(fh.read(8), fh.read, file_size, path)
+            tensors = {}
+            with safe_open(os.fspath(path), framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+
+            def read_data(begin: int, end: int):
+                fh.seek(data_start + begin)
+                while begin < end:
+                    chunk = fh.read(min(end - begin, 1 << 24))
+                    if not chunk:
+                        raise _fail(path, "the file changed while it was read")
+                    begin += len(chunk)
+                    yield chunk
+
+            metadata = _verify(path, header, tensors, read_data)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror or exc}") from None
-    return parse_safetensors(data, path)
+    except SafetensorError as exc:  # what the checks above let through (e.g. the file changed meanwhile)
+        raise _fail(path, f"damaged safetensors file ({exc})") from None
+    return tensors, metadata
 
 
-__all__ = ["CHECKSUM_KEY", "load_safetensors", "parse_safetensors", "save_safetensors"]
+def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<bytes>"
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Decode a whole safetensors file held in memory, with the checks of :func:`load_safetensors`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    data = bytes(data)
+    header, data_start = _parse_header(data[:8], lambda n: data[8:8 + n], len(data), path)
+    try:
+        tensors = load(data)
+    except SafetensorError as exc:
+        raise _fail(path, f"damaged safetensors file ({exc})") from None
+    metadata = _verify(path, header, tensors, lambda b, e: [data[data_start + b:data_start + e]])
+    return tensors, metadata
+
+
+__all__ = ["CHECKSUM_KEY", "LEGACY_CHECKSUM_KEY", "content_digest", "load_safetensors", "parse_safetensors",
+           "save_safetensors"]

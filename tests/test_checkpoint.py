@@ -173,6 +173,63 @@ def test_safetensors_io_roundtrip_dtypes(tmp_path):
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
 
 
+def test_netspec_files_read_with_the_safetensors_package_and_back(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from netspec.safetensors_io import CHECKSUM_KEY
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).bfloat16()}
+    save_safetensors(tmp_path / "ours.safetensors", tensors, {"k": "v"})
+    theirs = load_file(tmp_path / "ours.safetensors")
+    assert set(theirs) == set(tensors) and all(torch.equal(theirs[k], tensors[k]) for k in tensors)
+    with safe_open(str(tmp_path / "ours.safetensors"), framework="pt") as f:
+        assert f.metadata()["k"] == "v" and CHECKSUM_KEY in f.metadata()
+    save_file(tensors, tmp_path / "theirs.safetensors", {"k": "w"})
+    loaded, metadata = load_safetensors(tmp_path / "theirs.safetensors")
+    assert metadata == {"k": "w"} and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_tied_tensors_are_saved_once_per_name(tmp_path):
+    shared = torch.randn(4)
+    save_safetensors(tmp_path / "t.safetensors", {"x": shared, "y": shared, "z": shared[:2]})
+    loaded, _ = load_safetensors(tmp_path / "t.safetensors")
+    assert torch.equal(loaded["x"], shared) and torch.equal(loaded["y"], shared)
+    assert torch.equal(loaded["z"], shared[:2])
+
+
+def _legacy_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A file as netspec wrote it before it used the safetensors package: its checksum covers the header as laid
+    out and the data section."""
+    import hashlib
+    import json
+    import struct
+
+    header, data, offset = {"__metadata__": dict(metadata)}, b"", 0
+    for name, t in tensors.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        data += raw
+        offset += len(raw)
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(data)
+    header["__metadata__"]["netspec.sha256"] = digest.hexdigest()
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+def test_files_of_the_former_writer_are_verified(tmp_path):
+    tensors = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+    data = _legacy_file(tensors, {"k": "v"})
+    (tmp_path / "old.safetensors").write_bytes(data)
+    loaded, metadata = load_safetensors(tmp_path / "old.safetensors")
+    assert metadata == {"k": "v"} and torch.equal(loaded["w"], tensors["w"])
+    (tmp_path / "old.safetensors").write_bytes(data[:-3] + bytes([data[-3] ^ 1]) + data[-2:])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_safetensors(tmp_path / "old.safetensors")
+
+
 def _writer(directory, seed: int) -> None:  # runs in a forked child until it is killed
     try:
         net, opt, sched = make(32)
