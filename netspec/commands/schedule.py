@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps to show (default: [net] max_batches)")
     parser.add_argument("--every", type=int, help="print every N-th step (default: about 100 rows)")
     parser.add_argument("--plot", metavar="PNG", help="draw the curve to this image (needs matplotlib: "
-                        "pip install 'netspec[plot]'); without matplotlib the CSV is printed instead")
+                        "pip install 'netspec[plot]')")
     parser.add_argument("--seed", type=int, default=0, help="seed of policy=random")
 
 
@@ -28,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is None and spec.net.max_batches <= 0:
         print("error: [net] max_batches is 0; give --steps N", file=sys.stderr)
         return 2
-    curve = lr_curve(spec, args.steps, args.seed)
     if args.plot:
         try:
             import matplotlib
@@ -36,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            print("warning: --plot needs matplotlib (pip install 'netspec[plot]'); printing the CSV instead",
-                  file=sys.stderr)
-        else:
-            return _plot(plt, curve, spec, args.plot)
+            # a usage error, before any work: the plot asked for cannot be made here
+            print("error: --plot needs matplotlib: pip install 'netspec[plot]'", file=sys.stderr)
+            return 2
+        return _plot(plt, lr_curve(spec, args.steps, args.seed), spec, args.plot)
+    curve = lr_curve(spec, args.steps, args.seed)
     every = args.every or max(1, len(curve) // 100)
     print("step,lr")
     for k, rate in curve:
