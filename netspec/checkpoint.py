@@ -124,9 +124,17 @@ def _build_args(net) -> dict[str, Any]:
     return args
 
 
+HEADER_KEY = "netspec.darknet_header"  # the Darknet .weights header (version, seen) the parameters came with
+_LEGACY_HEADER_STATE = "darknet_header"  # where `netspec convert` kept it in .ckpt files before HEADER_KEY
+
+
 def _metadata(net, kind: str) -> dict[str, str]:
-    return {"format": kind, "netspec.version": VERSION, "netspec.cfg": net.cfg_text,
-            "netspec.build": json.dumps(_build_args(net))}
+    metadata = {"format": kind, "netspec.version": VERSION, "netspec.cfg": net.cfg_text,
+                "netspec.build": json.dumps(_build_args(net))}
+    header = getattr(net, "darknet_header", None)
+    if header is not None:  # so that .weights -> netspec file -> .weights is byte-identical
+        metadata[HEADER_KEY] = json.dumps(header.as_dict())
+    return metadata
 
 
 # ----------------------------------------------------------------- saving
@@ -152,6 +160,8 @@ def save_checkpoint(path: str | os.PathLike, net, optimizer=None, scheduler=None
     then the file is ``ckpt-<step>.ckpt`` there (``step=`` is required) and, with ``keep_last=k``, only
     the newest k checkpoints are kept (deleted after the new one is safely on disk).  Returns the file.
     """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 (or None to keep every checkpoint), got {keep_last}")
     target = Path(path)
     into_dir = target.is_dir() or str(path).endswith(os.sep)
     if into_dir:
@@ -184,8 +194,6 @@ def _clean_directory(directory: Path, keep_last: int | None, just_written: Path)
                 pass
     if keep_last is None:
         return
-    if keep_last < 1:
-        raise ValueError("keep_last must be >= 1")
     existing = list_checkpoints(directory)
     for _, old in existing[:-keep_last]:
         if old != just_written:
@@ -197,7 +205,9 @@ def _clean_directory(directory: Path, keep_last: int | None, just_written: Path)
 
 def export_safetensors(path: str | os.PathLike, net) -> None:
     """The weights alone (``state_dict``) as ``.safetensors``, with the cfg text in the metadata
-    (``netspec.cfg``); :func:`load_checkpoint` rebuilds the network from it."""
+    (``netspec.cfg``); :func:`load_checkpoint` rebuilds the network from it.  The Darknet header the
+    net's weights were loaded with travels too, so ``.weights`` → ``.safetensors`` → ``.weights`` is
+    byte-identical."""
     save_safetensors(path, dict(net.state_dict()), _metadata(net, WEIGHTS_FORMAT))
 
 
@@ -268,9 +278,20 @@ class Checkpoint:
             self._optimizer = _decode(tree.get("optimizer"), tensors)
             self._scheduler = _decode(tree.get("scheduler"), tensors)
             self._rng = _decode(tree.get("rng"), tensors)
+            self.darknet_header = self._darknet_header(metadata)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: damaged checkpoint state ({exc})") from None
         self._network = None
+
+    def _darknet_header(self, metadata: dict[str, str]):
+        """The Darknet header the parameters came with, or None (ValueError for a malformed one)."""
+        from .weights import DarknetHeader
+
+        if HEADER_KEY in metadata:
+            return DarknetHeader.from_dict(json.loads(metadata[HEADER_KEY]))
+        if isinstance(self.state, dict) and _LEGACY_HEADER_STATE in self.state:
+            return DarknetHeader.from_dict(self.state[_LEGACY_HEADER_STATE])
+        return None
 
     @property
     def step(self) -> int:
@@ -293,35 +314,47 @@ class Checkpoint:
         except CfgError as exc:
             raise CheckpointError(f"{self.path}: the stored cfg no longer builds:\n{exc}") from None
 
-    def load_into(self, net, strict: bool = True, allow_nonfinite: bool = False) -> LoadReport:
+    def load_into(self, net, strict: bool = True, allow_nonfinite: bool = False, upto: int | None = None
+                  ) -> LoadReport:
         """Copy the model tensors into ``net``.  ``strict=False`` loads what matches (fine-tuning a changed
         cfg) and reports the rest; ``strict=True`` raises :class:`CheckpointError` with the report.
-        NaN or Inf in a tensor is a :class:`CheckpointError` unless ``allow_nonfinite``."""
+        ``upto=N`` loads layers ``0..N-1`` only (the checkpoint's other tensors are ignored; the network's
+        other layers keep their values).  NaN or Inf in a tensor is a :class:`CheckpointError` unless
+        ``allow_nonfinite``.  The Darknet header the checkpoint carries becomes ``net.darknet_header``."""
+        model_state = self.model_state
+        own = net.state_dict()
+        if upto is not None:
+            model_state = {k: v for k, v in model_state.items() if _layer_of(k) < upto}
+            own = {k: v for k, v in own.items() if _layer_of(k) < upto}
         if not allow_nonfinite:
-            for name, tensor in self.model_state.items():
+            for name, tensor in model_state.items():
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     bad = int((~torch.isfinite(tensor)).sum())
                     raise CheckpointError(f"{self.path}: {bad} NaN/Inf value(s) in {name} (pass allow_nonfinite=True "
                                           "to accept them)")
         report = LoadReport()
-        own = net.state_dict()
         for spec in net.spec.layers:
             report.blocks[f"layers.{spec.index}"] = f"{spec.label} (line {spec.block.line})"
         matched = {}
-        for name, tensor in self.model_state.items():
+        # in the network's order (a file's tensor order is its writer's choice)
+        position = {name: i for i, name in enumerate(own)}
+        for name in sorted(model_state, key=lambda n: (position.get(n, len(position)), n)):
+            tensor = model_state[name]
             if name not in own:
                 report.unexpected.append(name)
             elif tuple(own[name].shape) != tuple(tensor.shape):
                 report.mismatched.append((name, tuple(tensor.shape), tuple(own[name].shape)))
             else:
                 matched[name] = tensor
-        report.missing = [n for n in own if n not in self.model_state]
+        report.missing = [n for n in own if n not in model_state]
         if strict and not report.ok:
             raise CheckpointError(f"{self.path} does not fit this network:\n{report}")
         with torch.no_grad():
             for name, tensor in matched.items():
                 own[name].copy_(tensor)
         report.loaded = list(matched)
+        if self.darknet_header is not None:
+            net.darknet_header = self.darknet_header
         return report
 
     def restore(self, optimizer=None, scheduler=None, rng: bool = True) -> None:
@@ -339,6 +372,12 @@ class Checkpoint:
             scheduler.load_state_dict(self._scheduler)
         if rng and self._rng:
             set_rng_states(self._rng)
+
+
+def _layer_of(name: str) -> int:
+    """The layer index of a state_dict name (``layers.<i>.…``); names outside the layers sort last."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "layers" and parts[1].isdigit() else 1 << 62
 
 
 def _read(path: Path, skipped: list[tuple[Path, str]]) -> Checkpoint:

@@ -74,20 +74,21 @@ def build_network(spec: NetSpec, darknet_bugs: bool = True, seed: int | None = 0
 
 def load_initializing_rest(net, path: str | os.PathLike, seed: int = 0, upto: int | None = None, *,
                            strict: bool = True, allow_nonfinite: bool = False):
-    """Fill an uninitialized network from a Darknet ``.weights`` file; every tensor the file does not
-    provide (layers past the end of a backbone file, past ``upto``, ``dontload``/``dontloadscales``)
-    is initialized with ``seed``, and nothing else is.  Returns the load report.
+    """Fill an uninitialized network from a parameter file (Darknet ``.weights``, netspec checkpoint or
+    ``.safetensors``; :func:`netspec.params_io.load_parameters`); every tensor the file does not provide
+    (layers past the end of a backbone file, past ``upto``, ``dontload``/``dontloadscales``) is initialized
+    with ``seed``, and nothing else is.  Returns the load report.
 
-    On a :class:`~netspec.errors.WeightsError` the network's values are undefined: discard it."""
+    On a :class:`~netspec.errors.NetspecError` the network's values are undefined: discard it."""
     from .init import init_weights
-    from .weights import load_darknet_weights
+    from .params_io import load_parameters
 
     specs = net.spec.layers
     # Layers the file skips in whole or in part: initialized first, the file fills the rest of them.
     skipped = {s.index for s in specs if s.p.dontload or s.p.dontloadscales}
     if skipped:
         init_weights(net, seed, layers=skipped)
-    report = load_darknet_weights(net, path, upto, strict=strict, allow_nonfinite=allow_nonfinite)
+    report = load_parameters(net, path, upto, strict=strict, allow_nonfinite=allow_nonfinite)
     rest = {s.index for s in specs if s.index > report.last_layer} - skipped
     if rest:
         init_weights(net, seed, layers=rest)

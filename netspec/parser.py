@@ -136,7 +136,8 @@ def _syntax_problem(exc, path: str | None, lines: list[str]) -> Problem:
     return Problem(msg, path, line, col)
 
 
-def _decode(data: bytes, path: str | None) -> str:
+def decode_cfg_bytes(data: bytes, path: str | None) -> str:
+    """The text of a cfg file's bytes (a UTF-8 BOM dropped); :class:`CfgError` at the first non-UTF-8 byte."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]  # a UTF-8 byte-order mark is an encoding artefact, not content
     try:
@@ -339,7 +340,7 @@ def _item(text: str, raw) -> Item:
 def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
     """Return ``(text, path)`` for a path, cfg text, or bytes."""
     if isinstance(source, bytes):
-        return _decode(source, None), None
+        return decode_cfg_bytes(source, None), None
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
         path = os.fspath(source)
         try:
@@ -359,7 +360,7 @@ def read_source(source: str | os.PathLike | bytes) -> tuple[str, str | None]:
             raise CfgError(Problem(f"cannot read: {exc.strerror or exc}", path)) from None
         if data is None:
             raise CfgError(Problem("is a device, not a cfg file", path))
-        return _decode(data, path), path
+        return decode_cfg_bytes(data, path), path
     return source, None
 
 

@@ -46,6 +46,23 @@ class DarknetHeader:
         seen_fmt = "<Q" if self.seen_bytes == 8 else "<I"
         return struct.pack("<iii", self.major, self.minor, self.revision) + struct.pack(seen_fmt, self.seen)
 
+    def as_dict(self) -> dict[str, int]:
+        """The header as JSON-able values (how netspec files carry it)."""
+        return {"major": self.major, "minor": self.minor, "revision": self.revision, "seen": self.seen}
+
+    @classmethod
+    def from_dict(cls, values: object) -> DarknetHeader:
+        """The header :meth:`as_dict` gave, as read back from a file: ``ValueError`` if it is not one."""
+        if not isinstance(values, dict) or set(values) != {"major", "minor", "revision", "seen"} \
+                or not all(type(v) is int for v in values.values()):
+            raise ValueError(f"not a Darknet header: {values!r}")
+        header = cls(**values)
+        try:
+            header.pack()
+        except struct.error:
+            raise ValueError(f"Darknet header values out of range: {values!r}") from None
+        return header
+
 
 @dataclass
 class LoadReport:
@@ -59,9 +76,15 @@ class LoadReport:
     floats_in_file: int
     complete: bool  # every layer (< upto) was reached
     warnings: list[str] = field(default_factory=list)
+    upto: int | None = None  # the upto= that left layers out (None: every layer was asked for)
 
     def __str__(self) -> str:
-        state = "all layers" if self.complete else f"layers 0..{self.last_layer} (the file ends there)"
+        if not self.complete:
+            state = f"layers 0..{self.last_layer} (the file ends there)"
+        elif self.upto is not None:
+            state = f"layers 0..{self.upto - 1} (upto={self.upto}; the others keep their weights)"
+        else:
+            state = "all layers"
         return (f"loaded {state} from {self.path}: {self.floats_read:,} floats, {self.layers_loaded} layers with "
                 f"weights; header {self.header.major}.{self.header.minor}.{self.header.revision}, "
                 f"seen={self.header.seen}")
@@ -138,7 +161,8 @@ def load_darknet_weights(net, path: str | os.PathLike, upto: int | None = None, 
         body_bytes = file_size - header.size
         total = body_bytes // 4
         records = list(_records(net, upto))
-        plan, warnings, complete = _plan_load(records, total, path, strict)
+        plan, warnings, complete = _plan_load(records, total, path, strict,
+                                              lambda: _disagreement(fh, header, records, total, net))
         loaded = 0
         last_layer = -1
         with torch.no_grad():
@@ -162,17 +186,78 @@ def load_darknet_weights(net, path: str | os.PathLike, upto: int | None = None, 
         message = (f"{path}: {leftover_bytes:,} bytes left after the last record: the cfg needs {needed:,} floats, "
                    f"the file has {total:,}" + (f" and {body_bytes % 4} odd bytes" if body_bytes % 4 else "")
                    + " (wrong cfg for this file?)")
+        with open(path, "rb") as again:
+            message += _disagreement(again, header, records, total, net)
         if strict:
             raise WeightsError(message)
         warnings.append(message)
     net.darknet_header = header
-    return LoadReport(path, header, loaded, last_layer, offset, total, complete, warnings)
+    cut = upto if upto is not None and upto < len(net.layers) else None
+    return LoadReport(path, header, loaded, last_layer, offset, total, complete, warnings, cut)
 
 
-def _plan_load(records, total: int, path: str, strict: bool):
+def _variance_tensors(net) -> set[int]:
+    """ids of the BatchNorm running variances: Darknet writes them >= 0, so a record read from the wrong
+    place shows itself there (they are usually read from some layer's weights, half of which are negative)."""
+    found = set()
+    for module in net.layers:
+        for sub in module.modules():
+            var = getattr(sub, "running_var", None)
+            if isinstance(var, torch.Tensor):
+                found.add(id(var))
+    return found
+
+
+def _disagreement(fh, header: DarknetHeader, records, total: int, net) -> str:
+    """Where a file of the wrong size first parts from the cfg, as a sentence to append to the error ('' if
+    the file does not tell).
+
+    The file's size only says that some record differs; its content says where: walking the records as the
+    cfg lays them out, each batch-norm variance must be >= 0.  The records agree up to the last layer whose
+    variances read right before the first that does not; the layer after it is the first that disagrees
+    (typically the conv before a head whose ``classes`` or anchors differ).  Read only on this error path."""
+    variances = _variance_tensors(net)
+    last_good = first_bad = None
+    offset = 0
+    for position, (_, _, record) in enumerate(records):
+        at = offset
+        verdict = None
+        for tensor, _ in record:
+            n = tensor.numel()
+            if id(tensor) in variances and n and at + n <= total:
+                fh.seek(header.size + 4 * at)
+                values = np.frombuffer(fh.read(4 * n), dtype="<f4")
+                ok = len(values) == n and bool(np.all(values >= 0))  # NaN compares False: not ok either
+                verdict = ok if verdict is None else verdict and ok
+            at += n
+        if verdict is False:
+            first_bad = position
+            break
+        if verdict:
+            last_good = position
+        offset = at
+    if first_bad is None:
+        # No misplaced record seen: only a longer file whose extra floats fit the one record after the last
+        # checked one, as that layer with other output channels, says where (not padding, not a truncation).
+        if last_good is None or last_good + 1 != len(records) - 1 or offset >= total:
+            return ""
+        _, spec, record = records[-1]
+        size, channels = sum(t.numel() for t, _ in record), spec.out_shape[0]
+        if size % channels or (size + total - offset) % (size // channels):
+            return ""
+    elif last_good is None:
+        return f"; the file disagrees with the cfg at or before {_describe(records[first_bad][1])}"
+    good, spec = records[last_good][1], records[last_good + 1][1]
+    return (f"; the file matches the cfg up to layer {good.index}: the first layer that disagrees is {_describe(spec)} "
+            f"(other filters/classes?); upto={spec.index} (--upto {spec.index}) loads layers 0..{spec.index - 1} "
+            "and leaves the rest to initialization")
+
+
+def _plan_load(records, total: int, path: str, strict: bool, disagreement=lambda: ""):
     """The records the file holds completely, warnings, and whether every record is there.
 
-    Decided from the file size alone, so a damaged file is reported before any weight changes."""
+    Decided from the file size alone, so a damaged file is reported before any weight changes;
+    ``disagreement()`` explains a file of the wrong size (see :func:`_disagreement`)."""
     needed = sum(t.numel() for _, _, rec in records for t, _ in rec)
     offset = 0
     for i, (_, spec, record) in enumerate(records):
@@ -181,7 +266,8 @@ def _plan_load(records, total: int, path: str, strict: bool):
             return records[:i], [], False
         if offset + size > total:
             message = (f"{path}: the file ends inside the record of {_describe(spec)}: the cfg needs {needed:,} "
-                       f"floats, the file has {total:,} (this layer needs {size:,} from float {offset:,})")
+                       f"floats, the file has {total:,} (this layer needs {size:,} from float {offset:,})"
+                       + disagreement())
             if strict:
                 raise WeightsError(message)
             return records[:i], [message], False

@@ -43,10 +43,8 @@ def test_weights_safetensors_weights_is_byte_identical_and_onnx_agrees(name, tmp
 
     net = netspec.build(folder / "model.cfg", manifest["width"], manifest["height"], strict=False).eval()
     netspec.load_darknet_weights(net, original)
-    from netspec.commands.convert import read_netspec_file
-
     restored = netspec.build(folder / "model.cfg", manifest["width"], manifest["height"], strict=False).eval()
-    read_netspec_file(st)[0].load_into(restored)
+    netspec.load_checkpoint(st).load_into(restored)
     export_onnx(restored, tmp_path / "net.onnx")
     x = torch.from_numpy(np.fromfile(folder / "input.f32", dtype="<f4").reshape(1, *net.input_shape).copy())
     got = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"]).run(

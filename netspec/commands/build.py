@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..builder import build
-from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
+from .common import add_cfg_arguments, add_weights_arguments, cfg_source, limits_from, print_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..network import Network
@@ -17,14 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cfg_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print Network.summary() as JSON")
-    parser.add_argument("--weights", metavar="FILE", help="load a Darknet .weights file (a backbone such as "
-                        "yolov4.conv.137 loads up to where it ends); with --lenient, short or long files are "
-                        "accepted like Darknet does")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+    add_weights_arguments(parser, "parameters to load")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the conv weights (inference mode)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.upto is not None and not args.weights:
+        print("netspec: --upto N needs --weights FILE (the layers it loads from the file)", file=sys.stderr)
+        return 2
     source = cfg_source(args.cfg)
     if not args.weights:
         import torch
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         net = assemble_uninitialized(build_spec(source, args.width, args.height, strict=not args.lenient,
                                                 limits=limits_from(args)))
         print_warnings(net.warnings)
-        report = load_initializing_rest(net, args.weights, strict=not args.lenient,
+        report = load_initializing_rest(net, args.weights, upto=args.upto, strict=not args.lenient,
                                         allow_nonfinite=args.allow_nonfinite)
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -30,6 +30,18 @@ def add_cfg_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse networks whose layer outputs need more memory at batch 1")
 
 
+def add_weights_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--weights``, ``--upto`` and ``--allow-nonfinite``, read by :func:`netspec.params_io.load_parameters`."""
+    parser.add_argument("--weights", metavar="FILE", help=f"{what}: Darknet .weights (a backbone such as "
+                        "yolov4.conv.137 loads up to where it ends; with --lenient, short or long files are accepted "
+                        "like Darknet does), a netspec checkpoint (.ckpt, or a run directory: its newest intact one) "
+                        "or .safetensors export")
+    parser.add_argument("--upto", type=positive_int, metavar="N",
+                        help="load layers 0..N-1 from --weights only; the others keep their initial weights "
+                             "(e.g. weights trained for other classes: the layers before the heads)")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+
+
 def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(max_params=args.max_params, max_activation_bytes=args.max_activation_bytes)
 
@@ -38,10 +50,10 @@ def cfg_source(path: str):
     """A path, or for '-' the text of standard input."""
     if path == "-":
         data = sys.stdin.buffer.read()
-        from ..parser import _decode, parse_text
+        from ..parser import decode_cfg_bytes, parse_text
 
         # parsed here so that every problem is reported against '<stdin>'
-        return parse_text(_decode(data, "<stdin>"), "<stdin>")
+        return parse_text(decode_cfg_bytes(data, "<stdin>"), "<stdin>")
     from pathlib import Path
 
     return Path(path)

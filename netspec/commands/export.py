@@ -7,13 +7,12 @@ import sys
 
 from ..builder import build
 from ..cli import EXIT_OUTPUT
-from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
+from .common import add_cfg_arguments, add_weights_arguments, cfg_source, limits_from, print_warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cfg_arguments(parser)
-    parser.add_argument("--weights", help="parameters to export: Darknet .weights, a netspec checkpoint or "
-                                          ".safetensors (default: the network's initial parameters)")
+    add_weights_arguments(parser, "parameters to export (default: the network's initial parameters)")
     parser.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
     parser.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension symbolic")
@@ -25,12 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..onnx_export import export_onnx
-    from .convert import load_parameters
+    from ..params_io import load_parameters
 
+    if args.upto is not None and not args.weights:
+        print("netspec: --upto N needs --weights FILE (the layers it loads from the file)", file=sys.stderr)
+        return 2
     net = build(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient, limits=limits_from(args))
     print_warnings(net.warnings)
     if args.weights:
-        print(load_parameters(net, args.weights), file=sys.stderr)
+        report = load_parameters(net, args.weights, args.upto, strict=not args.lenient,
+                                 allow_nonfinite=args.allow_nonfinite)
+        print_warnings(f"warning: {w}" for w in report.warnings)
+        print(report, file=sys.stderr)
     else:
         print("warning: no --weights given: exporting the network's initial parameters", file=sys.stderr)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..errors import CfgError
 from ..fmt import format_text
-from ..parser import _decode, read_source
+from ..parser import decode_cfg_bytes, read_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(name: str) -> tuple[str, str]:
     if name == "-":
-        return _decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
+        return decode_cfg_bytes(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
     text, _ = read_source(Path(name))
     return text, name
 
