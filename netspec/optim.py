@@ -172,7 +172,7 @@ def _as_rule(rule: RuleLike) -> Rule:
         return Rule.parse(rule)
     if isinstance(rule, dict):
         return Rule(**rule)
-    raise TypeError(f"a rule must be a Rule, a 'SELECTORS:SETTINGS' string or a dict, got {type(rule).__name__}")
+    raise CfgError(f"a rule must be a Rule, a 'SELECTORS:SETTINGS' string or a dict, got {type(rule).__name__}")
 
 
 def _block_problems(net) -> list[Problem]:

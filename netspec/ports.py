@@ -24,10 +24,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 PORTS = ("erik", "ultralytics", "tianxiaomo")
 
@@ -79,13 +83,14 @@ def _block(spec) -> str:
 def _module_prefixes(spec, port: str, conv_number: int) -> dict[str, list[str]]:
     """netspec sub-module name → candidate port prefixes (first present wins) for one layer."""
     i = spec.index
-    if spec.type == "convolutional":
+    kind = spec.section.port_kind
+    if kind == "conv":
         return {
             "erik": {"conv": [f"module_list.{i}.conv_{i}."], "bn": [f"module_list.{i}.batch_norm_{i}."]},
             "ultralytics": {"conv": [f"module_list.{i}.Conv2d."], "bn": [f"module_list.{i}.BatchNorm2d."]},
             "tianxiaomo": {"conv": [f"models.{i}.conv{conv_number}."], "bn": [f"models.{i}.bn{conv_number}."]},
         }[port]
-    if spec.type == "connected" and port == "tianxiaomo":
+    if kind == "linear" and port == "tianxiaomo":
         return {"linear": [f"models.{i}.", f"models.{i}.0."]}
     return {}
 
@@ -93,12 +98,12 @@ def _module_prefixes(spec, port: str, conv_number: int) -> dict[str, list[str]]:
 def port_key_map(net, port: str, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
     """netspec state_dict key → the port's key for it (using ``state`` to pick between alternatives)."""
     if port not in PORTS:
-        raise ValueError(f"unknown port {port!r}: choose one of {', '.join(PORTS)}")
+        raise CheckpointError(f"unknown port {port!r}: choose one of {', '.join(PORTS)}")
     ours = net.state_dict()
     mapping: dict[str, str] = {}
     conv_number = 0
     for spec in net.spec.layers:
-        if spec.type == "convolutional":
+        if spec.section.port_kind == "conv":  # tianxiaomo numbers the conv layers from 1
             conv_number += 1
         for sub, prefixes in _module_prefixes(spec, port, conv_number).items():
             ours_prefix = f"layers.{spec.index}.{sub}."
@@ -196,7 +201,7 @@ def load_port(net, source: str | os.PathLike | Mapping[str, torch.Tensor], port:
         where = f" ({_block(specs[index])})" if index is not None and index < len(specs) else ""
         if _HEAD_CONSTANTS.search(key) or (port == "tianxiaomo" and key.startswith("loss.")):
             report.ignored.append(key)
-            _check_anchors(key, state[key], specs, index, report)
+            _check_anchors(key, state[key], net, index, report)
             continue
         report.unexpected.append(f"{key} {tuple(state[key].shape)}: unexpected{where}")
     if report.problems and strict:
@@ -209,13 +214,15 @@ def load_port(net, source: str | os.PathLike | Mapping[str, torch.Tensor], port:
     return report
 
 
-def _check_anchors(key: str, value: torch.Tensor, specs, index: int | None, report: PortReport) -> None:
+def _check_anchors(key: str, value: torch.Tensor, net: Network, index: int | None, report: PortReport) -> None:
     """A port's stored anchors that differ from the cfg's mean the checkpoint belongs to another cfg."""
-    if not key.endswith(".anchors") or index is None or index >= len(specs) or specs[index].type != "yolo":
+    specs = net.spec.layers
+    if not key.endswith(".anchors") or index is None or index >= len(specs):
         return
-    p = specs[index].p
-    values = list(p.anchors or ())
-    want = torch.tensor([[values[2 * m], values[2 * m + 1]] for m in p.mask], dtype=torch.float32)
+    anchors = specs[index].section.anchors(specs[index], net.layers[index])
+    if not anchors:
+        return
+    want = torch.tensor(anchors, dtype=torch.float32)
     if tuple(value.shape) == tuple(want.shape) and torch.allclose(value.float(), want):
         return
     report.warnings.append(f"{key}: the checkpoint's anchors {value.tolist()} differ from the cfg's "

@@ -149,3 +149,8 @@ def test_params_command(tmp_path, capsys):
     assert "frozen" in next(x for x in out.splitlines() if x.startswith("layers.1.conv.weight"))
     assert main(["params", str(cfg), "--rule", "section=local:lr_mult=2"]) == 1
     assert "matches no parameter" in capsys.readouterr().err
+
+
+def test_a_rule_of_the_wrong_type_is_a_netspec_error():
+    with pytest.raises(netspec.NetspecError, match="a rule must be a Rule.*got int"):
+        param_groups(build(conv()), rules=[3])

@@ -183,3 +183,9 @@ def test_cli_convert_from_port(port, tmp_path, capsys):
                  "-o", str(tmp_path / "x.weights")]) == 1
     assert "[convolutional] #0 (line" in capsys.readouterr().err
     assert not (tmp_path / "x.weights").exists()
+
+
+def test_unknown_port_is_a_netspec_error():
+    net = netspec.build(cfg_path("yolov3-tiny.cfg"), 96, 96)
+    with pytest.raises(netspec.NetspecError, match="unknown port 'eric': choose one of erik"):
+        load_port(net, {"a": torch.zeros(1)}, "eric")

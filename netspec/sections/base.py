@@ -163,6 +163,7 @@ class Section:
     * ``init_targets(spec, module)``: what :func:`netspec.init_weights` fills and how;
     * ``fuse(spec, module)``: inference mode (fold BatchNorm, in-place activations), done in place;
     * ``describe(spec)``: the ``filters`` and ``size/strd`` columns of ``netspec build``'s table;
+    * ``anchors(spec, module)``: a detection head's anchors in input pixels;
     * ``classifier_logits(spec)``: for a classifier's output layer, its input → the logits cross-entropy takes.
 
     Raise :class:`SpecError` from ``check``/``infer`` to report a problem at a key; netspec adds the
@@ -183,6 +184,9 @@ class Section:
     # Of the activations Darknet computes only in some sections (activations.SECTION_DEPENDENT), those it
     # computes in this one; its CPU forward yields 0 for the others.
     darknet_activations: ClassVar[frozenset[str]] = frozenset()
+    # How PyTorch ports of Darknet (netspec.ports) model this layer: "conv" (a Conv2d with an optional
+    # BatchNorm2d: the module's conv/bn), "linear" (a Linear: the module's linear), "" (no tensors they name).
+    port_kind: ClassVar[str] = ""
     ref_keys_not_read: ClassVar[tuple[str, ...]] = ()  # reference keys that are not forward inputs
     unsupported_reason: ClassVar[str] = ""
 
@@ -216,6 +220,11 @@ class Section:
     def describe(self, spec: LayerSpec) -> tuple[str, str]:
         """The ``filters`` and ``size/strd`` columns of the CLI layer table."""
         return "", ""
+
+    def anchors(self, spec: LayerSpec, module: nn.Module) -> list[tuple[float, float]] | None:
+        """A detection head's anchor ``(w, h)`` sizes in input pixels, those it uses; None for other layers
+        (a port's stored anchors are checked against them)."""
+        return None
 
     def classifier_logits(self, spec: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """When this layer turns logits into probabilities (a plain softmax) and is a classifier's output: the

@@ -128,6 +128,7 @@ class Convolutional(Section):
     name = "convolutional"
     aliases = ("conv",)
     decays_weights = True
+    port_kind = "conv"
     darknet_activations = frozenset({"swish", "mish", "hard_mish", "normalize_channels",
                                      "normalize_channels_softmax", "normalize_channels_softmax_maxval"})
     refs = ("share_index",)

@@ -142,6 +142,9 @@ class _YoloBase(Section):
     def check(self, p: Params, ctx: Context) -> None:
         _yolo_check(p, ctx)
 
+    def anchors(self, spec: LayerSpec, module: YoloBuffer) -> list[tuple[float, float]]:
+        return list(module.anchors)
+
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]
         need = len(p.mask) * (p.classes + self.entries_base)

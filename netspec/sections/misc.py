@@ -58,6 +58,7 @@ class ConnectedSection(Section):
     needs_image = False
     aliases = ("conn",)
     decays_weights = True
+    port_kind = "linear"
     keys = {"output": Int(1, "output size", min=1), "activation": activation_key("logistic"),
             "batch_normalize": Flag(0, "batch normalization")}
 
