@@ -255,3 +255,20 @@ def test_schedule_plot_without_matplotlib_is_a_usage_error(tmp_path, capsys, mon
     captured = capsys.readouterr()
     assert "pip install 'netspec[plot]'" in captured.err and not captured.out
     assert not (tmp_path / "lr.png").exists()
+
+
+def test_every_command_with_weights_takes_upto():
+    import argparse
+    import importlib
+
+    from netspec.cli import COMMANDS
+
+    with_weights = []
+    for name in COMMANDS:
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"netspec.commands.{name}").add_arguments(parser)
+        options = {o for action in parser._actions for o in action.option_strings}
+        if "--weights" in options:
+            with_weights.append(name)
+            assert {"--upto", "--allow-nonfinite"} <= options, name
+    assert {"build", "export"} <= set(with_weights)

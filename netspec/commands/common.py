@@ -30,12 +30,12 @@ def add_cfg_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse networks whose layer outputs need more memory at batch 1")
 
 
-def add_weights_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_weights_arguments(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:
     """``--weights``, ``--upto`` and ``--allow-nonfinite``, read by :func:`netspec.params_io.load_parameters`."""
-    parser.add_argument("--weights", metavar="FILE", help=f"{what}: Darknet .weights (a backbone such as "
-                        "yolov4.conv.137 loads up to where it ends; with --lenient, short or long files are accepted "
-                        "like Darknet does), a netspec checkpoint (.ckpt, or a run directory: its newest intact one) "
-                        "or .safetensors export")
+    parser.add_argument("--weights", metavar="FILE", required=required,
+                        help=f"{what}: Darknet .weights (a backbone such as yolov4.conv.137 loads up to where it "
+                             "ends; with --lenient, short or long files are accepted like Darknet does), a netspec "
+                             "checkpoint (.ckpt, or a run directory: its newest intact one) or .safetensors export")
     parser.add_argument("--upto", type=positive_int, metavar="N",
                         help="load layers 0..N-1 from --weights only; the others keep their initial weights "
                              "(e.g. weights trained for other classes: the layers before the heads)")

@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..errors import NetspecError
-from .common import add_cfg_arguments, cfg_source, limits_from, positive_int, print_warnings
+from .common import add_cfg_arguments, add_weights_arguments, cfg_source, limits_from, positive_int, print_warnings
 
 
 def _fraction(text: str) -> float:
@@ -32,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cfg_arguments(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, folders of images, or list files (one image path a line)")
-    parser.add_argument("--weights", metavar="FILE", required=True,
-                        help="the parameters: Darknet .weights, netspec checkpoint or .safetensors")
+    add_weights_arguments(parser, "the parameters", required=True)
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--data", metavar="OBJ.DATA", help="Darknet .data file whose names= gives the class names")
     names.add_argument("--names", metavar="FILE", help="class names file, one a line (default: class ids)")
@@ -81,21 +80,18 @@ def _class_names(args: argparse.Namespace, classes: int) -> list[str]:
 def _load_network(args: argparse.Namespace):
     from ..builder import build_spec
     from ..materialize import assemble_uninitialized, load_initializing_rest
-    from .convert import DARKNET, file_format, load_parameters
 
     spec = build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
                       limits=limits_from(args))
     net = assemble_uninitialized(spec)
     print_warnings(net.warnings)
-    if file_format(args.weights, reading=True) == DARKNET:
-        report = load_initializing_rest(net, args.weights, strict=not args.lenient)
-        for warning in report.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        if not report.complete:
-            print(f"warning: {args.weights} ends at layer {report.last_layer}: the layers after it are random, "
-                  "so are their detections", file=sys.stderr)
-    else:
-        load_parameters(net, args.weights)
+    report = load_initializing_rest(net, args.weights, upto=args.upto, strict=not args.lenient,
+                                    allow_nonfinite=args.allow_nonfinite)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.last_layer < len(net.layers) - 1:
+        print(f"warning: {args.weights} filled layers 0..{report.last_layer} only: the layers after it are random, "
+              "so are their detections", file=sys.stderr)
     if not net.is_detector:
         raise NetspecError(f"{args.cfg}: not a detector (no [yolo], [Gaussian_yolo], [region] or [detection] "
                            "layer); netspec detect needs one")
