@@ -266,7 +266,7 @@ def test_every_command_with_weights_takes_upto():
     with_weights = []
     for name in COMMANDS:
         parser = argparse.ArgumentParser()
-        importlib.import_module(f"netspec.commands.{name}").add_arguments(parser)
+        importlib.import_module(f"netspec.commands.{name.replace('-', '_')}").add_arguments(parser)
         options = {o for action in parser._actions for o in action.option_strings}
         if "--weights" in options:
             with_weights.append(name)
