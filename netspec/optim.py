@@ -288,11 +288,17 @@ def param_groups(net, rules: Iterable[RuleLike] | None = None) -> list[dict[str,
 
 
 def make_optimizer(net, rules: Iterable[RuleLike] | None = None) -> torch.optim.Optimizer:
-    """SGD (``[net] momentum``, dampening 0, per-group decay) or, with ``adam=1``, Adam (``B1``, ``B2``, ``eps``)."""
+    """SGD (``[net] momentum``, dampening 0, per-group decay) or, with ``adam=1``, Adam (``B1``, ``B2``, ``eps``).
+
+    Both equal Darknet's update on the mean loss of a step's ``batch`` images.  Darknet's Adam runs on the
+    *summed* gradient ``batch * (g + decay * w)`` and decays every parameter (biases and BN scales too), so on
+    the mean gradient ``g`` it is Adam with L2 ``decay`` on all groups and ``eps / batch``."""
     groups = param_groups(net, rules)
     p = net.net
     if p.adam:
-        return torch.optim.Adam(groups, lr=p.learning_rate, betas=(p.B1, p.B2), eps=p.eps)
+        for group in groups:
+            group["weight_decay"] = p.decay * group["decay_mult"]
+        return torch.optim.Adam(groups, lr=p.learning_rate, betas=(p.B1, p.B2), eps=p.eps / p.batch)
     return torch.optim.SGD(groups, lr=p.learning_rate, momentum=p.momentum)
 
 
