@@ -86,6 +86,9 @@ class DetectionLoss:
         if problems:
             raise CfgError(problems)
         self.class_limit = min(h.class_limit() for _, _, h in self.heads)
+        # Darknet's net.seen (images trained on), which early-training rules of [region]/[detection] read;
+        # starts at [net] seen= and grows by the batch on every call (set it when resuming a run)
+        self.seen = int(getattr(net.spec.net, "seen", 0) or 0)
 
     # ------------------------------------------------------------------ targets
     def _check_targets(self, targets: torch.Tensor, batch: int) -> torch.Tensor:
@@ -141,7 +144,8 @@ class DetectionLoss:
         return Truths(boxes, classes, valid)
 
     # ------------------------------------------------------------------ the loss
-    def __call__(self, heads, targets) -> tuple[torch.Tensor, dict]:
+    def __call__(self, heads, targets, seen: int | None = None) -> tuple[torch.Tensor, dict]:
+        """``seen``: images trained on before this batch (default: counted by this object)."""
         if isinstance(heads, torch.Tensor):
             heads = [heads]
         heads = list(heads)
@@ -151,6 +155,8 @@ class DetectionLoss:
         batch = heads[0].shape[0]
         device = heads[0].device
         truths = self._pad(self._check_targets(targets, batch), batch, device)
+        self.seen = (self.seen if seen is None else int(seen)) + batch  # Darknet counts the batch before forward
+        truths.seen = self.seen
         results: list[HeadResult] = [head(x, truths) for x, (_, _, head) in zip(heads, self.heads)]
         value = torch.stack([r.cost for r in results]).mean() / batch
         pairs: list[torch.Tensor] = []

@@ -232,18 +232,36 @@ def _train_step(cfg, size):
     loss, stats = DetectionLoss(net)(net(x), t)
     loss.backward()
     assert math.isfinite(loss.item())
-    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    # the layers a head's gradient reaches (not dead branches, not behind stopbackward/onlyforward)
+    reached, todo = set(), list(net.outputs)
+    while todo:
+        i = todo.pop()
+        if i < 0 or i in reached:
+            continue
+        reached.add(i)
+        layer = net.spec.layers[i]
+        if not (layer.p.onlyforward or layer.p.stopbackward == 1) or i in net.outputs:
+            todo.extend(layer.sources)
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad and int(n.split(".")[1]) in reached]
+    assert trainable
     missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no finite gradient for {missing[:5]}"
     return stats
 
 
-@pytest.mark.parametrize("cfg", ["yolov3-tiny.cfg", "yolov4-tiny.cfg", "yolov7-tiny.cfg"])
-def test_end_to_end_shipped_cfgs(cfg):
-    path = CFGS / cfg
-    if not path.exists():
-        path = need_shared(DARKNET_CFGS / cfg)
-    _train_step(path, 64)
+def test_end_to_end_yolov3_tiny():
+    _train_step(CFGS / "yolov3-tiny.cfg", 64)
+
+
+def test_end_to_end_every_head_kind(tmp_path):
+    # the conformance cfg with [yolo], new_coords [yolo], [Gaussian_yolo] and [region] heads
+    stats = _train_step(need_shared(VECTORS / "kitchen-sink") / "model.cfg", 64)
+    assert [h["type"] for h in stats["heads"]] == ["yolo", "yolo", "Gaussian_yolo", "region"]
+    cfg = tmp_path / "v1.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nsize=3\nstride=2\n"
+                   "pad=1\nbatch_normalize=1\nactivation=leaky\n[connected]\noutput=117\nactivation=linear\n"
+                   "[detection]\nside=3\nnum=2\nclasses=3\ncoords=4\nsqrt=1\nrescore=1\n")
+    _train_step(cfg, 32)
 
 
 def _official_detectors():
@@ -267,3 +285,226 @@ def test_end_to_end_official_detectors(name):
         pytest.skip(f"does not build: {str(exc).splitlines()[0]}")
     del net
     _train_step(path, 128)
+
+
+# ---------------------------------------------------------------------------------------------- [region], [detection]
+# Plain loop re-computations of Darknet's forward_region_layer / forward_detection_layer (one cell, anchor and truth
+# at a time, in Darknet's order), against which the vectorized losses are checked.
+def _sig(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def _iou(a, b):
+    def overlap(x1, w1, x2, w2):
+        return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+    w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
+    inter = 0 if w < 0 or h < 0 else w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return 0 if inter == 0 or union == 0 else inter / union
+
+
+def _region_reference(x, truths, p, seen):
+    b_, _, hh, ww = x.shape
+    n, classes = p["num"], p["classes"]
+    e = 5 + classes
+    raw = x.double().reshape(b_, n, e, hh, ww).permute(0, 3, 4, 1, 2).tolist()  # [b][j][i][a][entry]
+    out = [[[[list(v) for v in cell] for cell in row] for row in img] for img in raw]
+    for img in out:
+        for row in img:
+            for cell in row:
+                for v in cell:
+                    v[4] = _sig(v[4])
+                    if p.get("softmax"):
+                        m = max(v[5:])
+                        ex = [math.exp(c - m) for c in v[5:]]
+                        v[5:] = [c / sum(ex) for c in ex]
+    delta = [[[[[0.0] * e for _ in range(n)] for _ in range(ww)] for _ in range(hh)] for _ in range(b_)]
+    bias = p["anchors"]
+
+    def box(b, j, i, a):
+        v = out[b][j][i][a]
+        return ((i + _sig(v[0])) / ww, (j + _sig(v[1])) / hh, math.exp(v[2]) * bias[a][0] / ww,
+                math.exp(v[3]) * bias[a][1] / hh)
+
+    def delta_box(t, b, j, i, a, scale):
+        v, d = out[b][j][i][a], delta[b][j][i][a]
+        sx, sy = _sig(v[0]), _sig(v[1])
+        d[0] = scale * (t[0] * ww - i - sx) * sx * (1 - sx)
+        d[1] = scale * (t[1] * hh - j - sy) * sy * (1 - sy)
+        d[2] = scale * (math.log(t[2] * ww / bias[a][0]) - v[2])
+        d[3] = scale * (math.log(t[3] * hh / bias[a][1]) - v[3])
+        return _iou(box(b, j, i, a), t)
+
+    def delta_class(b, j, i, a, c, scale):
+        v, d = out[b][j][i][a], delta[b][j][i][a]
+        focal = 1
+        if p.get("focal_loss"):
+            pt = v[5 + c] + 1e-15
+            focal = 0.5 * -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
+        for k in range(classes):
+            d[5 + k] = scale * ((1 if k == c else 0) - v[5 + k]) * focal
+
+    for b in range(b_):
+        for j in range(hh):
+            for i in range(ww):
+                for a in range(n):
+                    best, best_c = 0, -1
+                    for t in truths[b]:
+                        iou = _iou(box(b, j, i, a), t)
+                        if iou > best:
+                            best, best_c = iou, t[4]
+                    o = out[b][j][i][a][4]
+                    d = delta[b][j][i][a]
+                    d[4] = p.get("noobject_scale", 1) * (0 - o) * o * (1 - o)
+                    if p.get("classfix", 0) == -1:
+                        d[4] = p.get("noobject_scale", 1) * (best - o) * o * (1 - o)
+                    elif best > p.get("thresh", 0.5):
+                        d[4] = 0
+                        if p.get("classfix", 0) > 0:
+                            delta_class(b, j, i, a, best_c,
+                                        p.get("class_scale", 1) * (o if p["classfix"] == 2 else 1))
+                    if seen < 12800:
+                        prior = ((i + .5) / ww, (j + .5) / hh, bias[a][0] / ww, bias[a][1] / hh)
+                        delta_box(prior, b, j, i, a, .01)
+        for t in truths[b]:
+            i, j = int(t[0] * ww), int(t[1] * hh)
+            best, best_n = 0, 0
+            for a in range(n):
+                pw, ph = box(b, j, i, a)[2:]
+                if p.get("bias_match"):
+                    pw, ph = bias[a][0] / ww, bias[a][1] / hh
+                iou = _iou((0, 0, pw, ph), (0, 0, t[2], t[3]))
+                if iou > best:
+                    best, best_n = iou, a
+            iou = delta_box(t, b, j, i, best_n, p.get("coord_scale", 1))
+            o = out[b][j][i][best_n][4]
+            target = iou if p.get("rescore") else 1
+            delta[b][j][i][best_n][4] = p.get("object_scale", 1) * (target - o) * o * (1 - o)
+            delta_class(b, j, i, best_n, t[4], p.get("class_scale", 1))
+    return torch.tensor(delta).permute(0, 3, 4, 1, 2).reshape(x.shape)
+
+
+def _truth_rows(truths):
+    return torch.tensor([[b, t[4], *t[:4]] for b, img in enumerate(truths) for t in img], dtype=torch.float32)
+
+
+_REGION_TRUTHS = [
+    [(0.31, 0.42, 0.30, 0.45, 1), (0.33, 0.40, 0.20, 0.25, 2), (0.81, 0.12, 0.10, 0.12, 0)],  # two in a cell
+    [],
+    [(0.55, 0.55, 0.62, 0.70, 2), (0.05, 0.93, 0.08, 0.05, 1)],
+]
+
+
+@pytest.mark.parametrize("keys, seen", [
+    ({"softmax": 1}, 0),
+    ({"softmax": 1, "rescore": 1, "bias_match": 1, "object_scale": 5, "noobject_scale": 0.5, "class_scale": 2,
+      "coord_scale": 1.5}, 0),
+    ({"classfix": 2, "thresh": 0.1}, 20000),
+    ({"classfix": -1, "focal_loss": 1, "softmax": 1}, 20000),
+])
+def test_region_loss_is_darknets_loop(keys, seen):
+    anchors = [(1.0, 1.5), (2.5, 2.0), (3.5, 4.0)]
+    p = {"num": 3, "classes": 3, "anchors": anchors, **keys}
+    lines = "".join(f"{k}={v}\n" for k, v in keys.items())
+    cfg = ("[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=24\nsize=1\nstride=16\n"
+           "activation=linear\n[region]\nanchors=" + ",".join(f"{w},{h}" for w, h in anchors) +
+           f"\nnum=3\nclasses=3\ncoords=4\n{lines}")
+    loss_fn = DetectionLoss(netspec.build(cfg))
+    torch.manual_seed(0)
+    x = torch.randn(3, 24, 4, 4).requires_grad_()
+    loss, stats = loss_fn([x], _truth_rows(_REGION_TRUTHS), seen=seen - 3)
+    loss.backward()
+    expected = _region_reference(x.detach(), _REGION_TRUTHS, p, seen)
+    torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-6)
+    assert stats["heads"][0]["cost"] == pytest.approx(float((expected ** 2).sum()), rel=1e-4)
+    assert stats["count"] == 5
+
+
+def _detection_reference(x, truths, p):
+    b_ = x.shape[0]
+    s, n, classes = p["side"], p["num"], p["classes"]
+    loc = s * s
+    out = x.double().reshape(b_, -1).tolist()
+    if p.get("softmax"):
+        for v in out:
+            for c in range(loc):
+                m = max(v[c * classes:(c + 1) * classes])
+                ex = [math.exp(u - m) for u in v[c * classes:(c + 1) * classes]]
+                v[c * classes:(c + 1) * classes] = [u / sum(ex) for u in ex]
+    delta = [[0.0] * len(v) for v in out]
+    for b in range(b_):
+        cell_truth = {}
+        for t in truths[b]:  # Darknet's fill_truth_region: the first box of a cell wins
+            if t[2] < .001 or t[3] < .001:
+                continue
+            col, row = int(t[0] * s), int(t[1] * s)
+            cell_truth.setdefault(col + row * s, (t[0] * s - col, t[1] * s - row, t[2], t[3], t[4]))
+        v, d = out[b], delta[b]
+        for i in range(loc):
+            for j in range(n):
+                pi = loc * classes + i * n + j
+                d[pi] = p.get("noobject_scale", 1) * (0 - v[pi])
+            if i not in cell_truth:
+                continue
+            tx, ty, tw, th, tc = cell_truth[i]
+            for j in range(classes):
+                d[i * classes + j] = p.get("class_scale", 1) * ((1 if j == tc else 0) - v[i * classes + j])
+            truth = (tx / s, ty / s, tw, th)
+            best_index, best_iou, best_rmse = -1, 0, 20
+
+            def out_box(j, i=i, v=v):
+                bi = loc * (classes + n) + (i * n + j) * 4
+                bx = [v[bi] / s, v[bi + 1] / s, v[bi + 2], v[bi + 3]]
+                if p.get("sqrt"):
+                    bx[2], bx[3] = bx[2] ** 2, bx[3] ** 2
+                return bi, bx
+
+            for j in range(n):
+                _, bx = out_box(j)
+                iou = _iou(bx, truth)
+                rmse = math.sqrt(sum((u - w) ** 2 for u, w in zip(bx, truth)))
+                if best_iou > 0 or iou > 0:
+                    if iou > best_iou:
+                        best_iou, best_index = iou, j
+                elif rmse < best_rmse:
+                    best_rmse, best_index = rmse, j
+            if p.get("forced"):
+                best_index = 1 if tw * th < .1 else 0
+            bi, bx = out_box(best_index)
+            iou = _iou(bx, truth)
+            pi = loc * classes + i * n + best_index
+            d[pi] = p.get("object_scale", 1) * ((iou if p.get("rescore") else 1) - v[pi])
+            target = [tx, ty, math.sqrt(tw) if p.get("sqrt") else tw, math.sqrt(th) if p.get("sqrt") else th]
+            for k in range(4):
+                d[bi + k] = p.get("coord_scale", 1) * (target[k] - v[bi + k])
+    return torch.tensor(delta).reshape(x.shape)
+
+
+_DETECTION_TRUTHS = [
+    [(0.31, 0.42, 0.30, 0.45, 1), (0.33, 0.40, 0.20, 0.25, 2), (0.81, 0.12, 0.10, 0.12, 0),
+     (0.6, 0.6, 0.0005, 0.3, 1)],
+    [],
+    [(0.55, 0.55, 0.62, 0.70, 2), (0.05, 0.93, 0.08, 0.05, 1)],
+]
+
+
+@pytest.mark.parametrize("keys", [
+    {"sqrt": 1, "rescore": 1, "object_scale": 1, "noobject_scale": 0.5, "class_scale": 1, "coord_scale": 5},
+    {"softmax": 1},
+    {"forced": 1, "sqrt": 1},
+])
+def test_detection_loss_is_darknets_loop(keys):
+    side, num, classes = 3, 2, 3
+    p = {"side": side, "num": num, "classes": classes, **keys}
+    lines = "".join(f"{k}={v}\n" for k, v in keys.items())
+    cfg = (f"[net]\nwidth=8\nheight=8\nchannels=3\n[connected]\noutput={side * side * (5 * num + classes)}\n"
+           f"activation=linear\n[detection]\nside={side}\nnum={num}\nclasses={classes}\ncoords=4\n{lines}")
+    loss_fn = DetectionLoss(netspec.build(cfg))
+    torch.manual_seed(1)
+    x = (0.5 + 0.3 * torch.randn(3, side * side * (5 * num + classes))).requires_grad_()
+    loss, stats = loss_fn([x], _truth_rows(_DETECTION_TRUTHS))
+    loss.backward()
+    expected = _detection_reference(x.detach(), _DETECTION_TRUTHS, p)
+    torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-6)
+    assert stats["heads"][0]["cost"] == pytest.approx(float((expected ** 2).sum()), rel=1e-4)
+    assert stats["count"] == 4  # one truth per cell (the second box of the first cell is dropped, as is the tiny one)

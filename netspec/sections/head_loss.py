@@ -25,6 +25,7 @@ class Truths:
     boxes: torch.Tensor  # (B, T, 4) float32: centre x, y, width, height relative to the network input
     classes: torch.Tensor  # (B, T) int64
     valid: torch.Tensor  # (B, T) bool
+    seen: int = 0  # Darknet's net.seen: images trained on so far, this batch included (early-training rules)
 
     @property
     def batch(self) -> int:

@@ -341,6 +341,12 @@ class Region(Section):
         _, h, w = spec.out_shape
         return (h, w, p.num, p.coords + 1 + p.classes)
 
+    def loss(self, spec: LayerSpec, net_params: Params):
+        """YOLOv2's training deltas (``netspec/sections/region_loss.py``)."""
+        from .region_loss import RegionLoss
+
+        return RegionLoss(spec, net_params)
+
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
         tree = load_tree(spec, ctx)
@@ -400,6 +406,12 @@ class Detection(Section):
         "class_scale": Float(1, "training", **_T),
         "coord_scale": Float(1, "training", **_T),
     }
+
+    def loss(self, spec: LayerSpec, net_params: Params):
+        """YOLOv1's training deltas (``netspec/sections/detection_loss.py``)."""
+        from .detection_loss import YoloV1Loss
+
+        return YoloV1Loss(spec, net_params)
 
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]
