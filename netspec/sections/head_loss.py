@@ -113,3 +113,35 @@ def refuse_rolling_net_keys(net_params, path: str | None, head: str) -> None:
         if getattr(net_params, key, 0):
             raise net_problem(net_params, path, key, f"{key}= changes Darknet's {head} deltas with statistics "
                               "rolled over the whole run; netspec's DetectionLoss does not implement it")
+
+
+@dataclass
+class AnchorRows:
+    """A head input ``(B, A*E, H, W)`` as one row per (image, anchor, y, x), the anchor's E entries as columns
+    (Darknet's per-cell view of ``l.output``), with each row's cell coordinates."""
+
+    values: torch.Tensor  # (R, E) float32, detached
+    i: torch.Tensor  # (R,) float: the cell's column
+    j: torch.Tensor  # (R,) float: the cell's row
+    anchor: torch.Tensor  # (R,) long: position in the head's anchors
+    image: torch.Tensor  # (R,) long
+    shape: tuple[int, ...]  # (B, A, H, W, E)
+
+    def row_index(self, image: torch.Tensor, anchor: torch.Tensor, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        _, a_, lh, lw, _ = self.shape
+        return ((image * a_ + anchor) * lh + j) * lw + i
+
+    def to_input_layout(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(R, E)`` back to the head input's ``(B, A*E, H, W)``."""
+        b_, a_, lh, lw, e_ = self.shape
+        return rows.reshape(b_, a_, lh, lw, e_).permute(0, 1, 4, 2, 3).reshape(b_, a_ * e_, lh, lw)
+
+
+def anchor_rows(x: torch.Tensor, anchors: int, entries: int, label: str) -> AnchorRows:
+    b_, c_, lh, lw = x.shape
+    if c_ != anchors * entries:
+        raise ValueError(f"{label}: the head input has {c_} channels, expected {anchors * entries}")
+    values = x.detach().float().reshape(b_, anchors, entries, lh, lw).permute(0, 1, 3, 4, 2).reshape(-1, entries)
+    row = torch.arange(values.shape[0], device=x.device)
+    return AnchorRows(values, (row % lw).float(), ((row // lw) % lh).float(), (row // (lw * lh)) % anchors,
+                      row // (anchors * lh * lw), (b_, anchors, lh, lw, entries))

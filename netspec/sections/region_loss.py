@@ -11,7 +11,7 @@ import torch
 
 from .base import LayerSpec
 from .box_math import box_iou
-from .head_loss import HeadResult, Truths, find_file, problem, read_class_map
+from .head_loss import HeadResult, Truths, anchor_rows, find_file, problem, read_class_map
 
 _PRIOR_SEEN = 12800  # Darknet pulls every box towards its anchor until this many images were seen
 
@@ -148,20 +148,14 @@ class RegionLoss:
 
     def _compute(self, x: torch.Tensor, truths: Truths) -> HeadResult:
         dev = x.device
-        b_, c_, lh, lw = x.shape
-        n_, e_ = self.num, self.entries
-        if c_ != n_ * e_:
-            raise ValueError(f"{self.label}: the head input has {c_} channels, expected {n_ * e_}")
-        v = x.detach().float().reshape(b_, n_, e_, lh, lw).permute(0, 1, 3, 4, 2).reshape(-1, e_)
-        out = self._activate(v)
+        b_, _, lh, lw = x.shape
+        n_ = self.num
+        grid = anchor_rows(x, n_, self.entries, self.label)
+        out = self._activate(grid.values)
         delta = torch.zeros_like(out)
         n_rows = out.shape[0]
         cells = n_rows // b_
-        row = torch.arange(n_rows, device=dev)
-        ci = (row % lw).float()
-        cj = ((row // lw) % lh).float()
-        ca = (row // (lw * lh)) % n_
-        cb = row // cells
+        ci, cj, ca, cb = grid.i, grid.j, grid.anchor, grid.image
         biases = torch.tensor(self.biases, dtype=torch.float32, device=dev)
         row_anchor = biases[ca]
         cmap = torch.tensor(self.class_map, dtype=torch.long, device=dev) if self.class_map is not None else None
@@ -215,7 +209,7 @@ class RegionLoss:
             gi = (tb[:, 0] * lw).clamp(max=lw - 1).long()  # an x of exactly 1 stays in the last cell
             gj = (tb[:, 1] * lh).clamp(max=lh - 1).long()
             anchor_ids = torch.arange(n_, device=dev)[None, :]
-            rows_all = ((ab[:, None] * n_ + anchor_ids) * lh + gj[:, None]) * lw + gi[:, None]  # (K, anchors)
+            rows_all = grid.row_index(ab[:, None], anchor_ids, gj[:, None], gi[:, None])  # (K, anchors)
             if self.bias_match:
                 shape_w = (biases[:, 0] / lw)[None, :].expand(k, n_)
                 shape_h = (biases[:, 1] / lh)[None, :].expand(k, n_)
@@ -267,5 +261,4 @@ class RegionLoss:
         figures = {"avg_iou": tot_iou / n, "count": count, "recall": recall / n, "avg_obj": avg_obj / n,
                    "avg_noobj": o.sum() / n_rows, "avg_class": figures_cat / class_count.clamp(min=1),
                    "total_loss": cost / b_}
-        out_delta = delta.reshape(b_, n_, lh, lw, e_).permute(0, 1, 4, 2, 3).reshape(x.shape)
-        return HeadResult(out_delta, cost, figures)
+        return HeadResult(grid.to_input_layout(delta), cost, figures)

@@ -21,7 +21,15 @@ import torch
 
 from .base import LayerSpec
 from .box_math import IOU_KINDS, box_giou, box_iou, box_iou_kind, dx_box_iou
-from .head_loss import HeadResult, Truths, class_multipliers, problem, read_class_map, refuse_rolling_net_keys
+from .head_loss import (
+    HeadResult,
+    Truths,
+    anchor_rows,
+    class_multipliers,
+    problem,
+    read_class_map,
+    refuse_rolling_net_keys,
+)
 
 _SIGMA_CONST = 0.3  # Gaussian YOLOv3's constant added to the predicted sigma
 _EPSI = 1e-9
@@ -248,16 +256,13 @@ class YoloLoss:
 
     def _compute(self, x: torch.Tensor, truths: Truths) -> HeadResult:
         dev = x.device
-        b_, c_, lh, lw = x.shape
-        a_, e_ = self.n_mask, self.entries
-        if c_ != a_ * e_:
-            raise ValueError(f"{self.label}: the head input has {c_} channels, expected {a_ * e_}")
+        b_, _, lh, lw = x.shape
+        a_ = self.n_mask
         net_w = self.net_w * lw / self.built_w  # multi-scale training resizes the net with the grid
         net_h = self.net_h * lh / self.built_h
         geo = (lw, lh, net_w, net_h)
-        # rows: one per (image, anchor, y, x); columns: the anchor's entries (Darknet's l.output per cell)
-        v = x.detach().float().reshape(b_, a_, e_, lh, lw).permute(0, 1, 3, 4, 2).reshape(-1, e_)
-        out = self._activate(v)
+        grid = anchor_rows(x, a_, self.entries, self.label)
+        out = self._activate(grid.values)
         delta = torch.zeros_like(out)
         n_rows = out.shape[0]
         cells = n_rows // b_
@@ -275,11 +280,7 @@ class YoloLoss:
         tcls = cmap[tcls_raw.clamp(0, len(self.class_map) - 1)] if cmap is not None else tcls_raw
         tmult = mults[tcls.clamp(0, self.classes - 1)] if mults is not None else torch.ones_like(tboxes[..., 0])
 
-        row = torch.arange(n_rows, device=dev)
-        ci = (row % lw).float()
-        cj = ((row // lw) % lh).float()
-        ca = (row // (lw * lh)) % a_
-        cb = row // cells
+        ci, cj, ca, cb = grid.i, grid.j, grid.anchor, grid.image
         mask_t = torch.tensor(self.mask, dtype=torch.long, device=dev)
         row_anchor = biases[mask_t[ca]]
 
@@ -339,7 +340,7 @@ class YoloLoss:
         tot_giou_loss = torch.zeros((), device=dev)
         tot_iou_loss = torch.zeros((), device=dev)
         if k:
-            arow = ((ab * a_ + aa) * lh + aj) * lw + ai
+            arow = grid.row_index(ab, aa, aj, ai)
             c, m = tcls[ab, at], tmult[ab, at]
             d_box, iou, giou = self._box_delta(out[arow], tboxes[ab, at], ai.float(), aj.float(), biases[an], m, geo)
             after_cells = delta.clone()  # the state the truths loop starts from
@@ -383,7 +384,7 @@ class YoloLoss:
             delta[:, :self.box_entries] /= divisor[:, None]
 
         count = torch.tensor(float(k), device=dev)
-        return self._result(x, delta, b_, a_, lh, lw, tot_iou, tot_iou_loss, tot_giou_loss, count)
+        return self._result(grid, delta, b_, tot_iou, tot_iou_loss, tot_giou_loss, count)
 
     def _assignments(self, tboxes, tvalid, lw, lh, net_w, net_h, dev):
         """(image, truth, mask position, anchor, i, j) of every (truth, anchor) pair that trains a box."""
@@ -420,8 +421,7 @@ class YoloLoss:
         ab, at, an = take.nonzero(as_tuple=True)
         return ab, at, mask_pos[an], an, gi[ab, at], gj[ab, at]
 
-    def _result(self, x, delta, b_, a_, lh, lw, tot_iou, tot_iou_loss, tot_giou_loss, count) -> HeadResult:
-        e_ = self.entries
+    def _result(self, grid, delta, b_, tot_iou, tot_iou_loss, tot_giou_loss, count) -> HeadResult:
         sq = delta * delta
         loss = sq.sum()
         class_loss = sq[:, self.box_entries:].sum()
@@ -440,5 +440,4 @@ class YoloLoss:
                 tot = tot_giou_loss if self.iou_loss == "giou" else tot_iou_loss
                 cost = self.iou_normalizer * tot / n + class_loss
             figures.update(class_loss=class_loss / b_, iou_loss=(loss - class_loss) / b_, total_loss=loss / b_)
-        out_delta = delta.reshape(b_, a_, lh, lw, e_).permute(0, 1, 4, 2, 3).reshape(x.shape)
-        return HeadResult(out_delta, cost, figures, self.delta_normalizer)
+        return HeadResult(grid.to_input_layout(delta), cost, figures, self.delta_normalizer)
