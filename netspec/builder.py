@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .document import Document
 from .errors import CfgError
 from .parser import parse
 from .specs import Limits, NetSpec, build_specs
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
-def build_spec(source, width: int | None = None, height: int | None = None, strict: bool = True, *,
-               channels: int | None = None, limits: Limits | None = None) -> NetSpec:
+
+def build_spec(source: str | os.PathLike | bytes | Document, width: int | None = None, height: int | None = None,
+               strict: bool = True, *, channels: int | None = None, limits: Limits | None = None) -> NetSpec:
     """Parse and validate a cfg, inferring every layer's shape, without creating any tensor.
 
     ``source`` is a path, cfg text, or an already parsed :class:`~netspec.document.Document`."""
@@ -19,9 +23,9 @@ def build_spec(source, width: int | None = None, height: int | None = None, stri
     return build_specs(document, width, height, channels=channels, strict=strict, limits=limits)
 
 
-def build(source: str | os.PathLike, width: int | None = None, height: int | None = None, strict: bool = True, *,
-          channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None,
-          seed: int | None = 0, fuse: bool = False):
+def build(source: str | os.PathLike | bytes | Document, width: int | None = None, height: int | None = None,
+          strict: bool = True, *, channels: int | None = None, darknet_bugs: bool = True, limits: Limits | None = None,
+          seed: int | None = 0, fuse: bool = False) -> Network:
     """Build a :class:`~netspec.network.Network` from a cfg path or cfg text.
 
     ``width``/``height`` override ``[net]``; ``strict=False`` turns Darknet-tolerated mistakes

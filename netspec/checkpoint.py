@@ -19,12 +19,17 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import CfgError, CheckpointError
 from .safetensors_io import load_safetensors, save_safetensors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from .network import Network
 
 FORMAT = "netspec-checkpoint"
 WEIGHTS_FORMAT = "netspec-weights"
@@ -152,7 +157,8 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(path: str | os.PathLike, net, optimizer=None, scheduler=None, *, keep_last: int | None = None,
+def save_checkpoint(path: str | os.PathLike, net: Network, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: LRScheduler | None = None, *, keep_last: int | None = None,
                     rng: bool = True, **state: Any) -> Path:
     """Write a checkpoint of ``net`` (+ optimizer, scheduler, RNG states and ``state``) atomically.
 
@@ -161,12 +167,12 @@ def save_checkpoint(path: str | os.PathLike, net, optimizer=None, scheduler=None
     the newest k checkpoints are kept (deleted after the new one is safely on disk).  Returns the file.
     """
     if keep_last is not None and keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1 (or None to keep every checkpoint), got {keep_last}")
+        raise CheckpointError(f"keep_last must be >= 1 (or None to keep every checkpoint), got {keep_last}")
     target = Path(path)
     into_dir = target.is_dir() or str(path).endswith(os.sep)
     if into_dir:
         if "step" not in state:
-            raise TypeError("save_checkpoint into a directory needs step=<optimizer steps taken>")
+            raise CheckpointError("save_checkpoint into a directory needs step=<optimizer steps taken>")
         target.mkdir(parents=True, exist_ok=True)
         target = checkpoint_path(target, state["step"])
     tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in net.state_dict().items()}
@@ -203,7 +209,7 @@ def _clean_directory(directory: Path, keep_last: int | None, just_written: Path)
                 pass
 
 
-def export_safetensors(path: str | os.PathLike, net) -> None:
+def export_safetensors(path: str | os.PathLike, net: Network) -> None:
     """The weights alone (``state_dict``) as ``.safetensors``, with the cfg text in the metadata
     (``netspec.cfg``); :func:`load_checkpoint` rebuilds the network from it.  The Darknet header the
     net's weights were loaded with travels too, so ``.weights`` → ``.safetensors`` → ``.weights`` is
@@ -298,14 +304,14 @@ class Checkpoint:
         return int(self.state.get("step", 0))
 
     @property
-    def network(self):
+    def network(self) -> Network:
         if self._network is None:
             self._network = self.build_network()
             report = self.load_into(self._network, strict=True)
             del report
         return self._network
 
-    def build_network(self):
+    def build_network(self) -> Network:
         """A fresh network from the stored cfg (weights not loaded)."""
         from .builder import build
 
@@ -314,7 +320,7 @@ class Checkpoint:
         except CfgError as exc:
             raise CheckpointError(f"{self.path}: the stored cfg no longer builds:\n{exc}") from None
 
-    def load_into(self, net, strict: bool = True, allow_nonfinite: bool = False, upto: int | None = None
+    def load_into(self, net: Network, strict: bool = True, allow_nonfinite: bool = False, upto: int | None = None
                   ) -> LoadReport:
         """Copy the model tensors into ``net``.  ``strict=False`` loads what matches (fine-tuning a changed
         cfg) and reports the rest; ``strict=True`` raises :class:`CheckpointError` with the report.
@@ -357,7 +363,8 @@ class Checkpoint:
             net.darknet_header = self.darknet_header
         return report
 
-    def restore(self, optimizer=None, scheduler=None, rng: bool = True) -> None:
+    def restore(self, optimizer: torch.optim.Optimizer | None = None, scheduler: LRScheduler | None = None,
+                rng: bool = True) -> None:
         """Restore the optimizer and scheduler states (and the RNG states) saved with the checkpoint."""
         if optimizer is not None:
             if self._optimizer is None:

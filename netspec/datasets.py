@@ -13,8 +13,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DataError, DataWarning
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 # Keys Darknet's detector/classifier commands read from a .data file; anything else is a misspelling.
 DATA_KEYS = ("classes", "train", "valid", "test", "names", "labels", "backup", "difficult", "eval", "results",
@@ -201,7 +205,7 @@ def label_path(image_path: str | os.PathLike) -> str:
     return darknet
 
 
-def read_labels(path: str | os.PathLike, classes: int, *, missing: list[str] | None = None):
+def read_labels(path: str | os.PathLike, classes: int, *, missing: list[str] | None = None) -> torch.Tensor:
     """A YOLO label file as a float tensor (N, 5): ``class, x_center, y_center, width, height`` (relative).
 
     A missing file is no objects, as in Darknet (its path is appended to ``missing`` when given); a line that is not
@@ -279,7 +283,8 @@ def labelled_set(source: str | os.PathLike, classes: int, names: list[str] | Non
                        label_files=label_files, missing_labels=missing)
 
 
-def read_coco(instances_json: str | os.PathLike, image_dir: str | os.PathLike | None = None):
+def read_coco(instances_json: str | os.PathLike, image_dir: str | os.PathLike | None = None
+              ) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
     """A COCO ``instances_*.json`` as ``([(image_path, labels (N, 5)), ...], names)``.
 
     Categories are numbered 0.. in the order of their COCO ids; crowd annotations are left out (COCOeval ignores

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from .errors import NetspecError
 from .nms import darknet_nms, overlap_measure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 
 class DetectError(NetspecError, ValueError):
@@ -100,7 +103,7 @@ def _check_input(net, images: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def darknet_detections(net, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
                        thresh: float = 0.25, hier_thresh: float = 0.5, nms: float = 0.45,
                        letterbox: bool = False) -> list[Dets]:
     """Darknet's ``get_network_boxes`` + NMS for a batch ``images`` (N, C, H, W) already sized to the network.
@@ -209,7 +212,7 @@ def to_detections(dets: Dets, image_size: tuple[int, int]) -> Detections:
 
 
 @torch.no_grad()
-def detect(net, images: Any, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
+def detect(net: Network, images: Any, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
            image_sizes: Optional[Sequence[tuple[int, int]]] = None, letterbox: bool | None = None,
            hier_thresh: float = 0.5) -> list[Detections]:
     """Run a detector and return the boxes of each image (pixels, x1, y1, x2, y2; one row per class).

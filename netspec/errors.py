@@ -51,7 +51,7 @@ class WeightsError(NetspecError, ValueError):
 
 
 class CheckpointError(NetspecError, ValueError):
-    """A netspec checkpoint cannot be loaded (corrupt, unsafe, or for another network)."""
+    """A netspec checkpoint cannot be loaded (corrupt, unsafe, or for another network) or saved as asked."""
 
 
 class LimitError(CfgError):

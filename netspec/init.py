@@ -34,6 +34,7 @@ from .keys import init_arguments
 from .sections.base import InitTarget
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .document import Call
     from .network import Network
 
 # Activation -> gain for kaiming init without an explicit ``a``: the ReLU family uses sqrt(2) (like
@@ -76,7 +77,7 @@ def _orthogonal_(tensor: torch.Tensor, gain: float, gen: torch.Generator) -> Non
         nn.init.orthogonal_(tensor, gain, generator=gen)
 
 
-def apply_scheme(tensor: torch.Tensor, call, fans: tuple[int, int], activation: str | None,
+def apply_scheme(tensor: torch.Tensor, call: Call, fans: tuple[int, int], activation: str | None,
                  gen: torch.Generator) -> None:
     """Fill ``tensor`` in place with ``call`` (an init :class:`~netspec.document.Call`)."""
     name = call.name

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .document import Call, Item, Option
+
+# Reports a lenient-mode warning about the value at a column: warn(message, col)
+Warn = Callable[[str, Optional[int]], None]
 
 _INT = re.compile(r"[+-]?\d+")
 C_INT_MIN, C_INT_MAX = -(2**31), 2**31 - 1
@@ -59,7 +63,7 @@ class Key:
 
     kind = "value"
 
-    def convert(self, option: Option, lenient: bool, warn) -> Any:  # pragma: no cover - abstract
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _single(self, option: Option) -> Item:
@@ -84,7 +88,7 @@ class Int(Key):
     kind = "integer"
     zero = 0
 
-    def parse_item(self, key: str, item: Item, lenient: bool, warn) -> int:
+    def parse_item(self, key: str, item: Item, lenient: bool, warn: Warn) -> int:
         text = item.text
         if _INT.fullmatch(text):
             value = int(text)
@@ -96,7 +100,7 @@ class Int(Key):
         self.check_range(key, value, item)
         return value
 
-    def check_range(self, key: str, value, item: Item) -> None:
+    def check_range(self, key: str, value: float, item: Item) -> None:
         if not C_INT_MIN <= value <= C_INT_MAX:
             # Darknet reads a C int (atoi): larger values overflow there, and torch cannot take them either
             raise KeyValueError(f"'{key}={clip(item.text)}' is out of range (Darknet reads a 32-bit integer: "
@@ -108,7 +112,7 @@ class Int(Key):
             raise KeyValueError(f"'{key}={clip(item.text)}' is out of range (must be <= {self.max})", item.line,
                                 item.col)
 
-    def convert(self, option: Option, lenient: bool, warn) -> int:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> int:
         return self.parse_item(option.key, self._single(option), lenient, warn)
 
 
@@ -128,7 +132,7 @@ class Float(Key):
     kind = "number"
     zero = 0.0
 
-    def parse_item(self, key: str, item: Item, lenient: bool, warn) -> float:
+    def parse_item(self, key: str, item: Item, lenient: bool, warn: Warn) -> float:
         text = item.text
         try:
             value = float(text)
@@ -150,7 +154,7 @@ class Float(Key):
             raise KeyValueError(f"'{key}={clip(text)}' is out of range (must be <= {self.max:g})", item.line, item.col)
         return value
 
-    def convert(self, option: Option, lenient: bool, warn) -> float:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> float:
         return self.parse_item(option.key, self._single(option), lenient, warn)
 
 
@@ -160,7 +164,7 @@ class Text(Key):
 
     kind = "text value"
 
-    def convert(self, option: Option, lenient: bool, warn) -> str:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> str:
         if not option.raw:
             raise KeyValueError(f"'{option.key}' has an empty value", option.line, option.value_col)
         return option.raw
@@ -175,7 +179,7 @@ class Choice(Key):
     lenient_fallback: str | None = None  # what Darknet uses for an unknown name (lenient mode only)
     kind = "name"
 
-    def convert(self, option: Option, lenient: bool, warn) -> str:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> str:
         item = self._single(option)
         text = item.text
         if text in self.choices:
@@ -199,7 +203,7 @@ class _ListKey(Key):
     def element(self) -> Int | Float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def convert(self, option: Option, lenient: bool, warn) -> tuple:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> tuple:
         if not option.items or option.raw == "":
             raise KeyValueError(f"'{option.key}' has an empty value", option.line, option.value_col)
         element = self.element()
@@ -246,7 +250,7 @@ class InitKey(Key):
 
     kind = "initializer"
 
-    def convert(self, option: Option, lenient: bool, warn) -> Call:
+    def convert(self, option: Option, lenient: bool, warn: Warn) -> Call:
         if len(option.items) != 1 or option.items[0].text == "":
             raise KeyValueError(f"'{option.key}' takes one initializer such as normal(std=0.01)",
                                 option.line, option.value_col)
@@ -258,7 +262,7 @@ class InitKey(Key):
         return call
 
 
-def did_you_mean(word: str, candidates) -> str:
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     import difflib
 
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)

@@ -9,12 +9,15 @@ value is what Darknet reports for the batch: the mean of the heads' ``l.cost`` d
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import CfgError, NetspecError, Problem
 from .sections.head_loss import HeadResult, Truths
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 
 class TargetError(NetspecError, ValueError):
@@ -64,7 +67,7 @@ class DetectionLoss:
     A training key a head cannot honour is a :class:`netspec.CfgError` here, at construction.  ``layers`` trains
     only the given head layers (``heads`` then holds their inputs only)."""
 
-    def __init__(self, net, strict: bool = True, layers: list[int] | None = None) -> None:
+    def __init__(self, net: Network, strict: bool = True, layers: list[int] | None = None) -> None:
         self.strict = strict
         self.heads: list[tuple[int, str, Any]] = []
         problems: list[Problem] = []

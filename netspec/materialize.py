@@ -9,12 +9,17 @@ allocated once, uninitialized, and filled exactly once: by netspec's initializer
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from .sections.base import BuildContext
 from .specs import NetSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
+    from .params_io import ParametersReport
 
 
 def _constants_lost(module: nn.Module) -> bool:
@@ -34,7 +39,7 @@ def _allocate(tensor: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(tensor, device="cpu")  # counters such as BN's num_batches_tracked
 
 
-def assemble_uninitialized(spec: NetSpec, darknet_bugs: bool = True):
+def assemble_uninitialized(spec: NetSpec, darknet_bugs: bool = True) -> Network:
     """A :class:`~netspec.network.Network` whose floating-point parameters and buffers are allocated but
     hold arbitrary values: fill them with :func:`netspec.init.init_weights` or a weights file.
 
@@ -60,7 +65,7 @@ def assemble_uninitialized(spec: NetSpec, darknet_bugs: bool = True):
     return net
 
 
-def build_network(spec: NetSpec, darknet_bugs: bool = True, seed: int | None = 0):
+def build_network(spec: NetSpec, darknet_bugs: bool = True, seed: int | None = 0) -> Network:
     """Modules for ``spec``: initialized once by netspec's initializer (``seed``), or with PyTorch's
     default initialization when ``seed`` is None."""
     if seed is None:
@@ -72,8 +77,8 @@ def build_network(spec: NetSpec, darknet_bugs: bool = True, seed: int | None = 0
     return init_weights(assemble_uninitialized(spec, darknet_bugs), seed)
 
 
-def load_initializing_rest(net, path: str | os.PathLike, seed: int = 0, upto: int | None = None, *,
-                           strict: bool = True, allow_nonfinite: bool = False):
+def load_initializing_rest(net: Network, path: str | os.PathLike, seed: int = 0, upto: int | None = None, *,
+                           strict: bool = True, allow_nonfinite: bool = False) -> ParametersReport:
     """Fill an uninitialized network from a parameter file (Darknet ``.weights``, netspec checkpoint or
     ``.safetensors``; :func:`netspec.params_io.load_parameters`); every tensor the file does not provide
     (layers past the end of a backbone file, past ``upto``, ``dontload``/``dontloadscales``) is initialized

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .errors import Problem
-from .sections.base import BuildContext
+from .sections.base import BuildContext, Params
 from .specs import NetSpec
 
 
@@ -126,7 +126,7 @@ class Network(nn.Module):
         return self.spec.document.text
 
     @property
-    def net(self):
+    def net(self) -> Params:
         """The typed ``[net]`` values (``net.learning_rate``, ``net.policy``, ...)."""
         return self.spec.net
 

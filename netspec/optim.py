@@ -29,12 +29,15 @@ import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 import torch.nn as nn
 
 from .errors import CfgError, Problem
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 ROLES = ("weight", "bias", "bn")
 
@@ -185,7 +188,7 @@ def _block_problems(net) -> list[Problem]:
     return problems
 
 
-def describe_parameters(net, rules: Iterable[RuleLike] | None = None) -> list[ParamInfo]:
+def describe_parameters(net: Network, rules: Iterable[RuleLike] | None = None) -> list[ParamInfo]:
     """Every distinct parameter of ``net`` with its final multipliers, freeze state and their sources."""
     problems = _block_problems(net)
     if problems:
@@ -257,7 +260,7 @@ def _propagate(specs, infos: list[ParamInfo], burn_in: int) -> None:
             info.sources.append(_where(specs[info.block], "burnin_update"))
 
 
-def param_groups(net, rules: Iterable[RuleLike] | None = None) -> list[dict[str, Any]]:
+def param_groups(net: Network, rules: Iterable[RuleLike] | None = None) -> list[dict[str, Any]]:
     """torch optimizer parameter groups for ``net`` (see the module docstring for the semantics).
 
     Each group: ``params``, ``lr`` (``[net] learning_rate * lr_mult``), ``weight_decay``, and for the record
@@ -287,7 +290,7 @@ def param_groups(net, rules: Iterable[RuleLike] | None = None) -> list[dict[str,
     return list(groups.values())
 
 
-def make_optimizer(net, rules: Iterable[RuleLike] | None = None) -> torch.optim.Optimizer:
+def make_optimizer(net: Network, rules: Iterable[RuleLike] | None = None) -> torch.optim.Optimizer:
     """SGD (``[net] momentum``, dampening 0, per-group decay) or, with ``adam=1``, Adam (``B1``, ``B2``, ``eps``).
 
     Both equal Darknet's update on the mean loss of a step's ``batch`` images.  Darknet's Adam runs on the

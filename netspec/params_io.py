@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import NetspecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 DARKNET, NETSPEC, TORCH = "darknet", "netspec", "torch"
 
@@ -60,7 +64,7 @@ class ParametersReport:
         return f"loaded {loaded} tensors{cut} from {self.path}"
 
 
-def load_parameters(net, path: str | os.PathLike, upto: int | None = None, *, strict: bool = True,
+def load_parameters(net: Network, path: str | os.PathLike, upto: int | None = None, *, strict: bool = True,
                     allow_nonfinite: bool = False) -> ParametersReport:
     """Load a Darknet ``.weights`` file, a netspec checkpoint (or a directory of them: the newest intact
     one) or a ``.safetensors`` export into ``net``: layers ``0..upto-1`` only when ``upto`` is given.
@@ -90,7 +94,7 @@ def load_parameters(net, path: str | os.PathLike, upto: int | None = None, *, st
     return ParametersReport(os.fspath(ckpt.path), NETSPEC, last, True, cut, report, warnings)
 
 
-def save_parameters(net, path: str | os.PathLike, upto: int | None = None) -> str:
+def save_parameters(net: Network, path: str | os.PathLike, upto: int | None = None) -> str:
     """Write ``net``'s parameters in the format ``path``'s suffix names; returns a one-line report.
 
     ``.safetensors``: the weights alone; ``.ckpt``: a netspec checkpoint (no optimizer state); anything

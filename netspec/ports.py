@@ -95,7 +95,7 @@ def _module_prefixes(spec, port: str, conv_number: int) -> dict[str, list[str]]:
     return {}
 
 
-def port_key_map(net, port: str, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
+def port_key_map(net: Network, port: str, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
     """netspec state_dict key → the port's key for it (using ``state`` to pick between alternatives)."""
     if port not in PORTS:
         raise CheckpointError(f"unknown port {port!r}: choose one of {', '.join(PORTS)}")
@@ -138,7 +138,7 @@ def read_port_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return extract_state_dict(obj, name)
 
 
-def extract_state_dict(obj, name: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+def extract_state_dict(obj: object, name: str = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The tensors of a state_dict, or of the ``model``/``state_dict`` entry of a training checkpoint."""
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state_dict"):
@@ -155,7 +155,7 @@ def extract_state_dict(obj, name: str = "<checkpoint>") -> dict[str, torch.Tenso
     return state
 
 
-def load_port(net, source: str | os.PathLike | Mapping[str, torch.Tensor], port: str, *,
+def load_port(net: Network, source: str | os.PathLike | Mapping[str, torch.Tensor], port: str, *,
               strict: bool = True) -> PortReport:
     """Load a PyTorch port's state_dict (a file, or the mapping itself) into ``net``.
 

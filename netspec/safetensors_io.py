@@ -64,7 +64,7 @@ def _prepared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     storages: set[int] = set()
     for name, tensor in tensors.items():
         if name == "__metadata__":
-            raise ValueError("'__metadata__' cannot be a tensor name")
+            raise CheckpointError("'__metadata__' cannot be a tensor name")
         t = tensor.detach().to("cpu").contiguous()
         if t.numel():
             ptr = t.untyped_storage().data_ptr()
@@ -87,7 +87,7 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
     meta = dict(metadata or {})
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"safetensors metadata must map str to str, got {k!r}: {type(v).__name__}")
+            raise CheckpointError(f"safetensors metadata must map str to str, got {k!r}: {type(v).__name__}")
     prepared = _prepared(tensors)
     if checksum:
         meta[CHECKSUM_KEY] = content_digest(prepared, meta)

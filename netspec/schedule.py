@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.optim.lr_scheduler import LRScheduler
 
 from .errors import CfgError, Problem
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.optim import Optimizer
+
+    from .network import Network
+    from .sections.base import Params
+    from .specs import NetSpec
+
 _FIELDS = ("learning_rate", "policy", "burn_in", "power", "max_batches", "learning_rate_min", "sgdr_cycle",
            "sgdr_mult", "step", "scale", "steps", "scales", "gamma")
 
 
-def schedule_settings(net_params) -> dict[str, Any]:
+def schedule_settings(net_params: Params) -> dict[str, Any]:
     """The ``[net]`` values the schedule reads, validated (plain values: they go into checkpoints)."""
     s = {k: getattr(net_params, k) for k in _FIELDS}
     s["steps"] = list(s["steps"]) if s["steps"] is not None else None
@@ -97,7 +104,7 @@ def darknet_rate(s: dict[str, Any], batch_num: int, seed: int = 0) -> float:
 class DarknetLR(LRScheduler):
     """Sets each group's lr to ``darknet_rate(k) * lr_mult`` before the k-th optimizer step."""
 
-    def __init__(self, optimizer, settings: dict[str, Any], seed: int = 0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, settings: dict[str, Any], seed: int = 0, last_epoch: int = -1) -> None:
         self.settings = dict(settings)
         self.seed = seed
         super().__init__(optimizer, last_epoch)
@@ -112,13 +119,14 @@ class DarknetLR(LRScheduler):
     _get_closed_form_lr = get_lr
 
 
-def make_scheduler(optimizer, net, seed: int = 0) -> DarknetLR:
+def make_scheduler(optimizer: Optimizer, net: Network, seed: int = 0) -> DarknetLR:
     """Darknet's schedule from ``net``'s ``[net]`` section for ``optimizer`` (groups from ``param_groups``)."""
     return DarknetLR(optimizer, schedule_settings(net.net), seed)
 
 
-def lr_curve(net, steps: int | None = None, seed: int = 0) -> list[tuple[int, float]]:
-    """``(k, rate)`` for k = 1..steps (default ``max_batches``): the base rate of each optimizer step."""
+def lr_curve(net: Network | NetSpec, steps: int | None = None, seed: int = 0) -> list[tuple[int, float]]:
+    """``(k, rate)`` for k = 1..steps (default ``max_batches``): the base rate of each optimizer step (``net``: a
+    network or just its validated spec)."""
     s = schedule_settings(net.net)
     total = steps if steps is not None else s["max_batches"]
     return [(k, darknet_rate(s, k, seed)) for k in range(1, total + 1)]

@@ -12,12 +12,16 @@ import os
 import struct
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write
 from .errors import WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 DEFAULT_VERSION = (0, 2, 5)
 
@@ -136,7 +140,7 @@ def _describe(spec) -> str:
     return f"layer {spec.index} [{spec.type}] (line {spec.block.line})"
 
 
-def load_darknet_weights(net, path: str | os.PathLike, upto: int | None = None, *, strict: bool = True,
+def load_darknet_weights(net: Network, path: str | os.PathLike, upto: int | None = None, *, strict: bool = True,
                          allow_nonfinite: bool = False) -> LoadReport:
     """Load a Darknet ``.weights`` file into ``net`` (layers ``< upto`` only, like Darknet's ``partial``).
 
@@ -308,7 +312,7 @@ def _check_finite(record, spec, path: str) -> None:
                                    "(pass allow_nonfinite=True / --allow-nonfinite to accept them)")
 
 
-def darknet_weights_bytes(net, upto: int | None = None, header: DarknetHeader | None = None) -> bytes:
+def darknet_weights_bytes(net: Network, upto: int | None = None, header: DarknetHeader | None = None) -> bytes:
     """The ``.weights`` file for ``net`` as bytes (header from the last load unless given)."""
     header = header or getattr(net, "darknet_header", None) or DarknetHeader(*DEFAULT_VERSION)
     parts = []
@@ -322,7 +326,7 @@ def darknet_weights_bytes(net, upto: int | None = None, header: DarknetHeader | 
     return header.pack() + body.tobytes()
 
 
-def save_darknet_weights(net, path: str | os.PathLike, upto: int | None = None, *,
+def save_darknet_weights(net: Network, path: str | os.PathLike, upto: int | None = None, *,
                          header: DarknetHeader | None = None) -> int:
     """Write ``net``'s weights (layers ``< upto``) as a Darknet ``.weights`` file; returns its size in bytes.
 

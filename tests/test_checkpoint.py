@@ -280,3 +280,16 @@ def test_nonfinite_checkpoint_tensors_are_reported(tmp_path):
         _ = load_checkpoint(tmp_path / "n.ckpt").network
     ckpt = load_checkpoint(tmp_path / "n.ckpt")
     ckpt.load_into(netspec.build(ckpt.cfg_text), allow_nonfinite=True)
+
+
+def test_bad_save_arguments_are_netspec_errors_and_write_nothing(tmp_path):
+    net, opt, sched = make()
+    with pytest.raises(netspec.NetspecError, match="needs step="):
+        save_checkpoint(tmp_path, net, opt, sched)
+    with pytest.raises(netspec.NetspecError, match="keep_last must be >= 1"):
+        save_checkpoint(tmp_path, net, opt, sched, step=1, keep_last=0)
+    with pytest.raises(netspec.NetspecError, match="metadata must map str to str"):
+        save_safetensors(tmp_path / "x.safetensors", {"a": torch.zeros(1)}, {"k": 1})
+    with pytest.raises(netspec.NetspecError, match="'__metadata__' cannot be a tensor name"):
+        save_safetensors(tmp_path / "y.safetensors", {"__metadata__": torch.zeros(1)})
+    assert list(tmp_path.iterdir()) == []

@@ -66,6 +66,7 @@ def test_wheel_ships_the_grammar_and_every_module(installed):
     wheel = installed[0]
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "netspec/grammar/cfg.lark" in names
+    assert "netspec/py.typed" in names  # PEP 561 marker: type checkers read netspec's annotations
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "netspec").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules and modules <= names, sorted(modules - names)
     assert not any(n.startswith(("tests/", "cfgs/", "grammar/")) for n in names)

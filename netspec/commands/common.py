@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from ..specs import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS, Limits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..document import Document
 
 
 def positive_int(text: str) -> int:
@@ -46,7 +52,7 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(max_params=args.max_params, max_activation_bytes=args.max_activation_bytes)
 
 
-def cfg_source(path: str):
+def cfg_source(path: str) -> Path | Document:
     """A path, or for '-' the text of standard input."""
     if path == "-":
         data = sys.stdin.buffer.read()
@@ -54,12 +60,10 @@ def cfg_source(path: str):
 
         # parsed here so that every problem is reported against '<stdin>'
         return parse_text(decode_cfg_bytes(data, "<stdin>"), "<stdin>")
-    from pathlib import Path
-
     return Path(path)
 
 
-def print_warnings(warnings, stream=None) -> None:
+def print_warnings(warnings: Iterable[object], stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     for w in warnings:
         print(str(w), file=stream)

@@ -256,7 +256,7 @@ class BuildContext:
     modules: list = field(default_factory=list)  # modules built so far, by layer index
     warnings: list = field(default_factory=list)
 
-    def activation(self, name: str, spec: LayerSpec):
+    def activation(self, name: str, spec: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor]:
         """The function for ``activation=name`` in this layer; records a warning where Darknet differs."""
         from .. import activations
 

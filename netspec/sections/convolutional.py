@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..activations import Activation
 from ..keys import Choice, Flag, Float, Int
 from .base import (
     BuildContext,
@@ -15,6 +16,7 @@ from .base import (
     LayerSpec,
     Params,
     Section,
+    Shape,
     SpecError,
     conv_out,
     register,
@@ -28,7 +30,7 @@ class ConvLayer(nn.Module):
     """Conv2d (+ BatchNorm2d) + activation (+ blur); ``share`` reuses another ConvLayer's tensors."""
 
     def __init__(self, in_channels: int, filters: int, size: int, stride: tuple[int, int], padding: int,
-                 dilation: int, groups: int, batch_normalize: bool, activation: str, act_fn,
+                 dilation: int, groups: int, batch_normalize: bool, activation: str, act_fn: Activation,
                  antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1), share: ConvLayer | None = None,
                  flipped: bool = False, xnor: bool = False, binary: bool = False) -> None:
         super().__init__()
@@ -190,7 +192,7 @@ class Convolutional(Section):
         if moves > 1:
             raise SpecError("at most one of sway, rotate, stretch, stretch_sway may be set", "sway")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if c % p.groups:
             raise SpecError(f"groups={p.groups} does not divide the {c} input channels", "groups")

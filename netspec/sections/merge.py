@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..activations import Activation
 from ..keys import Choice, Flag, Int, IntList
-from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, SpecError, register
+from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, Shape, SpecError, register
 from .common import activation_key, fill_ones, set_inplace_activation
 
 
@@ -45,7 +46,7 @@ class RouteSection(Section):
         if p.group_id >= p.groups:
             raise SpecError(f"group_id={p.group_id} must be smaller than groups={p.groups}", "group_id")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         h, w = inputs[0][1], inputs[0][2]
         for i, (layer, shape) in enumerate(zip(p.layers, inputs)):
             if shape[1:] != (h, w):
@@ -81,7 +82,7 @@ class Shortcut(nn.Module):
     """``out = w0*x + sum_k w_k*from_k`` over the overlapping channels, then the activation."""
 
     def __init__(self, n_from: int, channels: int, from_channels: tuple[int, ...], weights_type: str,
-                 normalization: str, activation: str, act_fn) -> None:
+                 normalization: str, activation: str, act_fn: Activation) -> None:
         super().__init__()
         self.activation = activation
         self.act_fn = act_fn
@@ -157,7 +158,7 @@ class ShortcutSection(Section):
             raise SpecError(f"weights_type={p.weights_type} needs weights_normalization=relu or softmax (Darknet "
                             "rejects it otherwise)", "weights_normalization")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         froms = getattr(p, "from")
         for i, (layer, shape) in enumerate(zip(froms, inputs[1:])):
@@ -208,7 +209,7 @@ class _MultiplySection(Section):
 class Multiply(nn.Module):
     """``[sam]`` and ``[scale_channels]``: the previous output times an earlier one, then activation."""
 
-    def __init__(self, activation: str, act_fn) -> None:
+    def __init__(self, activation: str, act_fn: Activation) -> None:
         super().__init__()
         self.activation = activation
         self.act_fn = act_fn
@@ -227,7 +228,7 @@ class Sam(_MultiplySection):
         if getattr(p, "from") is None:
             raise SpecError("[sam] needs from=")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         if inputs[0] != inputs[1]:
             raise SpecError(f"[sam] needs the previous layer ({_fmt(inputs[0])}) and from={getattr(p, 'from')} "
                             f"({_fmt(inputs[1])}) to have the same shape", "from")
@@ -245,7 +246,7 @@ class ScaleChannels(_MultiplySection):
         if getattr(p, "from") is None:
             raise SpecError("[scale_channels] needs from=")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         (c, h, w), (fc, fh, fw) = inputs
         src = getattr(p, "from")
         if p.scale_wh:

@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..activations import Activation
 from ..keys import Choice, Flag, Float, Int, Text
-from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, SpecError, register
+from .base import BuildContext, Context, Inference, InitTarget, LayerSpec, Params, Section, Shape, SpecError, register
 from .common import BN_EPS, BN_MOMENTUM, activation_key, batchnorm2d, bn_init_targets, set_inplace_activation
 from .heads import group_softmax, load_tree
 
@@ -22,7 +24,7 @@ _T = {"training": True}
 class Connected(nn.Module):
     """Flatten (CHW order), Linear, optional BN (bias after BN, as Darknet), activation."""
 
-    def __init__(self, inputs: int, outputs: int, batch_normalize: bool, activation: str, act_fn) -> None:
+    def __init__(self, inputs: int, outputs: int, batch_normalize: bool, activation: str, act_fn: Activation) -> None:
         super().__init__()
         self.activation = activation
         self.act_fn = act_fn
@@ -62,7 +64,7 @@ class ConnectedSection(Section):
     keys = {"output": Int(1, "output size", min=1), "activation": activation_key("logistic"),
             "batch_normalize": Flag(0, "batch normalization")}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         n_in = c * h * w
         n = p.output
@@ -107,7 +109,7 @@ class BatchnormSection(Section):
     name = "batchnorm"
     keys = {}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c = inputs[0][0]
         return Inference(inputs[0], 2 * c, 4 * c)
 
@@ -161,7 +163,7 @@ class Empty(Section):
 
 
 class Activate(nn.Module):
-    def __init__(self, activation: str, act_fn) -> None:
+    def __init__(self, activation: str, act_fn: Activation) -> None:
         super().__init__()
         self.activation = activation
         self.act_fn = act_fn
@@ -213,7 +215,7 @@ class ImplicitSection(Section):
     keys = {"filters": Int(128, "channels", min=1), "atoms": Int(1, "height", min=1),
             "mean": Float(0.0, "init mean", **_T), "std": Float(0.2, "init spread", min=0, **_T)}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         n = p.filters * p.atoms
         return Inference((p.filters, p.atoms, 1), n, n)
 
@@ -270,7 +272,7 @@ class Cost(Section):
             "scale": Float(1.0, "loss scale", **_T), "ratio": Float(0.0, "hard-example ratio", **_T),
             "noobj": Float(1.0, "loss", **_T), "thresh": Float(0.0, "loss", **_T)}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         return Inference(inputs[0], darknet_out=(0, 0, 0))
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
@@ -287,7 +289,7 @@ class Contrastive(Section):
             "temperature": Float(1.0, "loss", **_T), "cls_normalizer": Float(1.0, "loss", **_T),
             "max_delta": Float(None, "loss", **_T), "contrastive_neg_max": Int(3, "loss", **_T)}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         return Inference(inputs[0], darknet_out=(0, 0, 0))
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
@@ -329,7 +331,7 @@ class SoftmaxSection(Section):
             "spatial": Flag(0, "GPU only: per-pixel softmax (Darknet's CPU path ignores it)"),
             "noloss": Flag(0, "training", **_T)}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if (c * h * w) % p.groups:
             raise SpecError(f"groups={p.groups} does not divide the {c * h * w} input values", "groups")
@@ -344,7 +346,7 @@ class SoftmaxSection(Section):
                                              "warning"))
         return Softmax(p.groups, p.temperature, load_tree(spec, ctx), spatial)
 
-    def classifier_logits(self, spec: LayerSpec):
+    def classifier_logits(self, spec: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
         p = spec.p
         if p.groups != 1 or p.tree is not None:  # several softmaxes: not one distribution over classes
             return None
@@ -360,7 +362,7 @@ class LocalConv(nn.Module):
     """Unshared convolution: a separate filter bank at every output location."""
 
     def __init__(self, channels: int, filters: int, size: int, stride: int, pad: int, out_hw: tuple[int, int],
-                 activation: str, act_fn) -> None:
+                 activation: str, act_fn: Activation) -> None:
         super().__init__()
         self.activation = activation
         self.act_fn = act_fn
@@ -395,7 +397,7 @@ class Local(Section):
             raise SpecError(f"pad=1 with size={p.size}: Darknet's [local] pads by exactly 1 but sizes its output "
                             "as if padded by (size-1)/2, which only agree for size=3", "pad")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         cut = 1 if p.pad else p.size
         out_h, out_w = (h - cut) // p.stride + 1, (w - cut) // p.stride + 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..keys import Choice, Flag, Float, FloatList, InitKey, Int, IntList
-from .base import Params, Section, SpecError, register
+from .base import Context, Params, Section, SpecError, register
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "random", "sigmoid", "sgdr")
 
@@ -66,7 +66,7 @@ class Net(Section):
         }.items()},
     }
 
-    def check(self, p: Params, ctx) -> None:
+    def check(self, p: Params, ctx: Context) -> None:
         # Darknet stops on policy=steps without steps/scales, and reads past the end of scales (a crash)
         # when it has fewer values than steps.
         if p.policy == "steps":

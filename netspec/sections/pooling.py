@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..keys import Flag, Int
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, conv_out, register
+from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, Shape, SpecError, conv_out, register
 from .common import Blur, blur_out, stride_text
 
 
@@ -101,7 +101,7 @@ class Maxpool(Section):
     def describe(self, spec: LayerSpec) -> tuple[str, str]:
         return _describe_window(spec)
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if p.maxpool_depth:
             return Inference((p.out_channels, h, w), bflops=p.k * p.k * c * h * w / 1e9)
@@ -152,7 +152,7 @@ class LocalAvgpool(Section):
     def describe(self, spec: LayerSpec) -> tuple[str, str]:
         return _describe_window(spec)
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         out_h, out_w = _window_out(p, h, w, p.sy, p.sx)
         return Inference((c, out_h, out_w), bflops=p.k * p.k * c * out_h * out_w / 1e9)
@@ -172,7 +172,7 @@ class Avgpool(Section):
     aliases = ("avg",)
     keys = {}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         return Inference((inputs[0][0], 1, 1))
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..keys import Flag, Float, Int
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, register
+from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, Shape, SpecError, register
 
 
 class Upsample(nn.Module):
@@ -40,7 +40,7 @@ class UpsampleSection(Section):
         if p.stride == 0:
             raise SpecError("stride=0 is not a valid upsampling factor", "stride")
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if p.stride > 0:
             return Inference((c, h * p.stride, w * p.stride))
@@ -93,7 +93,7 @@ class _ReorgBase(Section):
     old = False
     keys = {"stride": Int(1, "block size", min=1), "reverse": Flag(0, "1: depth-to-space instead")}
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         s = p.stride
         if p.reverse:
@@ -150,7 +150,7 @@ class CropSection(Section):
         "shift": Float(0, "training augmentation", training=True),
     }
 
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
+    def infer(self, p: Params, inputs: list[Shape], ctx: Context) -> Inference:
         c, h, w = inputs[0]
         if p.crop_height > h or p.crop_width > w:
             raise SpecError(f"crop {p.crop_height}x{p.crop_width} is larger than the {h}x{w} input", "crop_height")
