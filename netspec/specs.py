@@ -7,7 +7,7 @@ problem found is collected (all of them, not just the first) and raised as one :
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .document import Block, Document, Option
 from .errors import CfgError, LimitError, Problem
@@ -270,6 +270,8 @@ def build_specs(document: Document, width: int | None = None, height: int | None
         specs.append(spec)
 
     if out.errors:
+        if strict:
+            _mark_tolerated(out.errors, document, width, height, channels, limits)
         raise CfgError(out.errors + out.warnings)
     if net is None or input_shape is None:  # pragma: no cover - reported above
         raise CfgError(out.errors or [Problem("invalid [net] section", document.path, first.line, 1)])
@@ -279,6 +281,24 @@ def build_specs(document: Document, width: int | None = None, height: int | None
     result = NetSpec(document, net, input_shape, specs, out.warnings)
     _check_limits(result, limits)
     return result
+
+
+TOLERATED_HINT = " (Darknet accepts it: --lenient builds it as Darknet does)"
+
+
+def _mark_tolerated(errors: list[Problem], document: Document, width, height, channels, limits) -> None:
+    """Say which strict errors Darknet tolerates: those on lines where a lenient build finds no error.
+
+    Asking the lenient build (shapes only, no tensors; on this error path only) covers every strict-only
+    check, wherever it is made: duplicate or unknown keys, stray commas, non-numbers, a section's own."""
+    try:
+        build_specs(document, width, height, channels=channels, strict=False, limits=limits)
+        still_wrong: set[int | None] = set()
+    except CfgError as exc:
+        still_wrong = {p.line for p in exc.problems if p.severity == "error"}
+    for i, problem in enumerate(errors):
+        if problem.line is not None and problem.line not in still_wrong:
+            errors[i] = replace(problem, message=problem.message + TOLERATED_HINT)
 
 
 def _ref_sources(section: Section, p: Params) -> tuple[int, ...]:
