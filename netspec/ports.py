@@ -84,7 +84,7 @@ def _module_prefixes(spec, port: str, conv_number: int) -> dict[str, list[str]]:
     """netspec sub-module name → candidate port prefixes (first present wins) for one layer."""
     i = spec.index
     kind = spec.section.port_kind
-    if kind == "conv":
+    if kind == "conv2d":
         return {
             "erik": {"conv": [f"module_list.{i}.conv_{i}."], "bn": [f"module_list.{i}.batch_norm_{i}."]},
             "ultralytics": {"conv": [f"module_list.{i}.Conv2d."], "bn": [f"module_list.{i}.BatchNorm2d."]},
@@ -103,7 +103,7 @@ def port_key_map(net: Network, port: str, state: Mapping[str, torch.Tensor] | No
     mapping: dict[str, str] = {}
     conv_number = 0
     for spec in net.spec.layers:
-        if spec.section.port_kind == "conv":  # tianxiaomo numbers the conv layers from 1
+        if spec.section.port_kind == "conv2d":  # tianxiaomo numbers the conv layers from 1
             conv_number += 1
         for sub, prefixes in _module_prefixes(spec, port, conv_number).items():
             ours_prefix = f"layers.{spec.index}.{sub}."

@@ -184,7 +184,7 @@ class Section:
     # Of the activations Darknet computes only in some sections (activations.SECTION_DEPENDENT), those it
     # computes in this one; its CPU forward yields 0 for the others.
     darknet_activations: ClassVar[frozenset[str]] = frozenset()
-    # How PyTorch ports of Darknet (netspec.ports) model this layer: "conv" (a Conv2d with an optional
+    # How PyTorch ports of Darknet (netspec.ports) model this layer: "conv2d" (a Conv2d with an optional
     # BatchNorm2d: the module's conv/bn), "linear" (a Linear: the module's linear), "" (no tensors they name).
     port_kind: ClassVar[str] = ""
     ref_keys_not_read: ClassVar[tuple[str, ...]] = ()  # reference keys that are not forward inputs

@@ -130,7 +130,7 @@ class Convolutional(Section):
     name = "convolutional"
     aliases = ("conv",)
     decays_weights = True
-    port_kind = "conv"
+    port_kind = "conv2d"
     darknet_activations = frozenset({"swish", "mish", "hard_mish", "normalize_channels",
                                      "normalize_channels_softmax", "normalize_channels_softmax_maxval"})
     refs = ("share_index",)
