@@ -239,6 +239,35 @@ def test_mosaic_bound_boxes_are_the_objects_in_their_tiles():
     assert checked >= 10
 
 
+def test_mosaic_tile_copy_and_box_shift_agree():
+    """For any cut point and border shifts, a box moved by mosaic_truth lands on the pixels place_mosaic_tile
+    copied from under it (pieces whose pixels hold their own coordinates)."""
+    from netspec.augment import mosaic_truth, place_mosaic_tile
+
+    w = h = 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    piece = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)
+    rng = np.random.Generator(np.random.PCG64(0))
+    for _ in range(40):
+        cut_x, cut_y = (int(v) for v in rng.integers(26, 103, 2))
+        k = int(rng.integers(0, 4))
+        shifts = (int(rng.integers(0, cut_x // 2 + 1)), int(rng.integers(0, (w - cut_x) // 2 + 1)),
+                  int(rng.integers(0, cut_y // 2 + 1)), int(rng.integers(0, (h - cut_y) // 2 + 1)))
+        left_shift, right_shift, top_shift, bot_shift = shifts
+        # the piece's region that lands in tile k, and a small box at its centre
+        x0 = w - cut_x - right_shift if k in (0, 2) else left_shift
+        y0 = h - cut_y - bot_shift if k < 2 else top_shift
+        tw, th = (cut_x if k in (0, 2) else w - cut_x), (cut_y if k < 2 else h - cut_y)
+        px, py = x0 + tw // 2, y0 + th // 2
+        box = np.array([[(px + 0.5) / w, (py + 0.5) / h, 4 / w, 4 / h, 1]], np.float32)
+        canvas = np.zeros_like(piece)
+        place_mosaic_tile(canvas, piece, k, cut_x, cut_y, shifts)
+        (nx, ny, nw, nh, c), = mosaic_truth(np.zeros((0, 5), np.float32), box, k, w, h, cut_x, cut_y, shifts, 200,
+                                            False)
+        assert (nw, nh, c) == pytest.approx((4 / w, 4 / h, 1))
+        assert tuple(canvas[int(ny * h), int(nx * w), :2]) == (px, py)
+
+
 def test_mixup_averages_two_pictures_and_keeps_both_boxes():
     s = settings(mixup=True)
     a = painted(boxes=((0, 0.25, 0.5, 0.3, 0.4),))
