@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .augment import AugmentSettings, augment_one, rand_scale
+from .errors import NetspecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,7 +142,11 @@ class DetectionDataset:
         import torch
 
         rng = _generator("sample", self.seed, key.iteration, key.slot)
-        pixels, truth = augment_one(rng, key.picture, len(self), self.picture, self.settings, key.width, key.height)
+        try:
+            pixels, truth = augment_one(rng, key.picture, len(self), self.picture, self.settings, key.width,
+                                        key.height)
+        except NetspecError as exc:  # a bad picture or label file: handed over whole (see DetectionLoader)
+            return _Failed(exc)  # type: ignore[return-value]
         # numpy, not torch, for the conversion: torch's intra-op threads cost more than the work at this size
         image = torch.from_numpy(np.multiply(pixels.transpose(2, 0, 1), np.float32(1 / 255.0), dtype=np.float32))
         boxes = torch.from_numpy(np.ascontiguousarray(truth[:, [4, 0, 1, 2, 3]]))
@@ -207,10 +212,21 @@ class DetectionBatchSampler:
             yield from self.keys(iteration)
 
 
+@dataclass
+class _Failed:
+    """A sample that could not be made; carries the error (NetspecErrors pickle with their message)."""
+
+    error: NetspecError
+
+
 def collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack images; targets (M, 6) ``[image_index, class, x, y, w, h]``."""
     import numpy as np
     import torch
+
+    failed = next((s for s in samples if isinstance(s, _Failed)), None)
+    if failed is not None:
+        return failed  # type: ignore[return-value]
 
     # numpy's stack: torch.stack's intra-op threads fight the training process for the cores
     images = torch.from_numpy(np.stack([img.numpy() for img, _ in samples]))
@@ -224,12 +240,30 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # the workers decode and augment; the training process owns the cores' BLAS
 
 
+class DetectionLoader:
+    """The DataLoader's batches in training order; a worker's :class:`NetspecError` (an unreadable picture, a bad
+    label line) is raised here as itself, with its ``file:line`` message, not wrapped in a worker traceback."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.batch_sampler: DetectionBatchSampler = loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.loader:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
+
+
 def make_loader(dataset: DetectionDataset, batch: int, *, start: int = 0, stop: int, max_batches: int | None = None,
                 chunks: int = 1, rank: int = 0, world: int = 1, workers: int = 2, multiscale: bool = True,
-                prefetch: int = 2):
-    """A ``torch.utils.data.DataLoader`` over iterations ``[start, stop)``: ``chunks`` mini-batches of
-    ``batch // (world * chunks)`` images per iteration for this ``rank``, in training order, made by
-    ``workers`` processes (0: in this process).  ``max_batches`` (default ``stop``) places multi-scale's
+                prefetch: int = 2) -> DetectionLoader:
+    """A :class:`DetectionLoader` (around a ``torch.utils.data.DataLoader``) over iterations ``[start, stop)``:
+    ``chunks`` mini-batches of ``batch // (world * chunks)`` images per iteration for this ``rank``, in training
+    order, made by ``workers`` processes (0: in this process).  ``max_batches`` (default ``stop``) places multi-scale's
     last-100-iterations rule; the seed is the dataset's."""
     from torch.utils.data import DataLoader
 
@@ -238,4 +272,5 @@ def make_loader(dataset: DetectionDataset, batch: int, *, start: int = 0, stop: 
                                     dataset.seed, chunks, rank, world, multiscale)
     extra = {"prefetch_factor": prefetch, "persistent_workers": True, "worker_init_fn": _worker_init} if workers \
         else {}
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, **extra)
+    return DetectionLoader(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                      **extra))

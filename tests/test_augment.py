@@ -461,6 +461,27 @@ def test_every_picture_once_per_epoch(shapes_set):
     assert sorted(pictures) == list(range(12))
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_pictures_and_labels_are_clean_errors_from_workers(tmp_path, workers):
+    from netspec.datasets import labelled_set
+    from netspec.demo_shapes import make_shapes_dataset
+    from netspec.errors import DataError
+    from netspec.images import ImageError
+
+    made = make_shapes_dataset(tmp_path, train=2, valid=1)
+    label = made.root / "labels" / "train_00001.txt"
+    label.write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
+    ds = DetectionDataset(labelled_set(made.root / "train.txt", 3), settings(width=64, height=64))
+    with pytest.raises(DataError) as info:
+        list(make_loader(ds, 2, stop=1, workers=workers))
+    assert str(info.value).startswith(f"{label}:2: class id 7") and "Traceback" not in str(info.value)
+    label.write_text("")
+    made.train[0].write_bytes(b"not a picture")
+    with pytest.raises(ImageError, match="not an image Pillow can read") as info:
+        list(make_loader(ds, 2, stop=1, workers=workers))
+    assert "Traceback" not in str(info.value)
+
+
 def test_from_data_checks_classes(tmp_path):
     from netspec.demo_shapes import make_shapes_dataset
     from netspec.errors import DataError
