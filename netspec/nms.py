@@ -52,40 +52,51 @@ def overlap_measure(a: torch.Tensor, b: torch.Tensor, kind: str = "default", bet
     return torch.where(c == 0, iou, iou - term)
 
 
-def _candidate_pairs(left: torch.Tensor, right: torch.Tensor, width: torch.Tensor, cls: torch.Tensor,
-                     thresh: float, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (i, j) of items of the same class that may overlap by more than ``thresh`` (each once)."""
-    m = left.numel()
-    dev = left.device
-    if m < 2:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty
-    if dense:  # every pair within a class
+_PAIR_BUDGET = 1 << 22  # candidate pairs materialized at a time (memory stays bounded in the dense case)
+
+
+def _sweep(left: torch.Tensor, right: torch.Tensor, width: torch.Tensor, cls: torch.Tensor, thresh: float,
+           dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items sorted class by class on their left edge, and for each (in that order) the end of its window:
+    the later items of its class that may overlap it by more than ``thresh``."""
+    if dense:  # every later item of the same class
         order = torch.argsort(cls, stable=True)
         key = cls[order].double()
-        bound = key + 0.5
-    else:
-        # Sweep on left edges with classes laid side by side: key = class * span + left.
-        lo = left.min().double()
-        span = float((right.max().double() - lo).item()) * 2 + 1
-        key_all = cls.double() * span + (left.double() - lo)
-        order = torch.argsort(key_all, stable=True)
-        key = key_all[order]
-        # IoU > t >= 0 needs the next left edge before right - t*width; a relative slack keeps it conservative
-        reach = (right.double() - left.double()) - thresh * width.double()
-        bound = key + reach[order] * (1 + 1e-6) + 1e-12 * span
-    ends = torch.searchsorted(key, bound, side="left")
-    start = torch.arange(m, device=dev) + 1
-    counts = (ends - start).clamp(min=0)
+        return order, torch.searchsorted(key, key + 0.5, side="left")
+    # Classes laid side by side (key = class * span + left), then a sweep on the left edges: IoU > t >= 0
+    # needs the later box's left edge before right - t*width; the small slack keeps the test conservative.
+    lo = left.min().double()
+    span = float((right.max().double() - lo).item()) * 2 + 1
+    key = cls.double() * span + (left.double() - lo)
+    order = torch.argsort(key, stable=True)
+    key = key[order]
+    reach = (right.double() - left.double() - thresh * width.double())[order]
+    return order, torch.searchsorted(key, key + reach * (1 + 1e-6) + 1e-12 * span, side="left")
+
+
+def _pairs(order: torch.Tensor, ends: torch.Tensor, begin: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate pairs (item ids) of the sorted positions ``begin..stop-1``."""
+    dev = order.device
+    pos = torch.arange(begin, stop, device=dev)
+    counts = (ends[begin:stop] - pos - 1).clamp(min=0)
     total = int(counts.sum().item())
-    if total == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty
-    first = torch.repeat_interleave(torch.arange(m, device=dev), counts, output_size=total)
+    first = torch.repeat_interleave(pos, counts, output_size=total)
     offsets = torch.cumsum(counts, 0) - counts
-    second = torch.arange(total, device=dev) - torch.repeat_interleave(offsets, counts, output_size=total) \
-        + start[first]
+    second = torch.arange(total, device=dev) - torch.repeat_interleave(offsets - pos - 1, counts, output_size=total)
     return order[first], order[second]
+
+
+def _chunks(ends: torch.Tensor) -> list[tuple[int, int]]:
+    """Ranges of sorted positions whose candidate pairs number about ``_PAIR_BUDGET`` each."""
+    m = ends.numel()
+    counts = (ends - torch.arange(m, device=ends.device) - 1).clamp(min=0)
+    total = int(counts.sum().item())
+    if total <= _PAIR_BUDGET:
+        return [(0, m)] if total else []
+    cum = torch.cumsum(counts, 0).cpu()
+    cuts = torch.searchsorted(cum, torch.arange(_PAIR_BUDGET, total, _PAIR_BUDGET, dtype=cum.dtype)).tolist()
+    bounds = [0] + [c + 1 for c in cuts if 0 <= c < m - 1] + [m]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _resolve(m: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -106,6 +117,50 @@ def _resolve(m: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return state != 2
 
 
+def _overlapping(first: torch.Tensor, second: torch.Tensor, g: dict, thresh: float, kind: str, beta: float,
+                 dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate pairs whose Darknet overlap measure is above ``thresh``."""
+    if not dense:
+        # IoU > t needs the overlap along each axis above t times either box's size: a cheap cut first
+        slack = thresh * (1 - 1e-5)
+        left, right, top, bottom, w, h = g["left"], g["right"], g["top"], g["bottom"], g["w"], g["h"]
+        ow = torch.minimum(right[first], right[second]) - torch.maximum(left[first], left[second])
+        oh = torch.minimum(bottom[first], bottom[second]) - torch.maximum(top[first], top[second])
+        near = (ow > slack * torch.maximum(w[first], w[second])) & (oh > slack * torch.maximum(h[first], h[second]))
+        first, second = first[near], second[near]
+    hit = overlap_measure(g["boxes"][first], g["boxes"][second], kind, beta) > thresh
+    return first[hit], second[hit]
+
+
+def _geometry(b: torch.Tensor) -> dict:
+    x, y, w, h = b.unbind(1)
+    left, right = _edges_xyxy(x, w)
+    top, bottom = _edges_xyxy(y, h)
+    return {"boxes": b, "w": w, "h": h, "left": left, "right": right, "top": top, "bottom": bottom}
+
+
+def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float,
+               dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of the same ``cls`` overlapping by more than ``thresh``, in bounded chunks."""
+    order, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, dense)
+    firsts, seconds = [], []
+    for begin, stop in _chunks(ends):
+        f, s = _overlapping(*_pairs(order, ends, begin, stop), g, thresh, kind, beta, dense)
+        firsts.append(f)
+        seconds.append(s)
+    if not firsts:
+        empty = torch.zeros(0, dtype=torch.long, device=cls.device)
+        return empty, empty
+    return torch.cat(firsts), torch.cat(seconds)
+
+
+def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Darknet walks a class by descending probability; equal ones keep the item (box) order here
+    s1, s2 = score[first], score[second]
+    earlier = (s1 > s2) | ((s1 == s2) & (first < second))
+    return torch.where(earlier, first, second), torch.where(earlier, second, first)
+
+
 def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: str = "default",
                 beta: float = 0.6) -> torch.Tensor:
     """Darknet's per-class NMS on ``boxes`` (K, 4) centre x, y, w, h and ``probs`` (K, C) (0 = absent):
@@ -114,28 +169,34 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     if kind not in NMS_KINDS:
         raise ValueError(f"unknown nms_kind {kind!r} (expected one of {', '.join(NMS_KINDS)})")
     out = probs.clone()
-    box_index, cls = torch.nonzero(probs > 0, as_tuple=True)
+    present = probs > 0
+    box_index, cls = torch.nonzero(present, as_tuple=True)  # items, box by box (the tie order)
     m = box_index.numel()
     if m < 2:
         return out
     score = probs[box_index, cls]
-    # Darknet's order within a class: descending probability (ties: box index, nonzero()'s order)
-    by_score = torch.argsort(-score, stable=True)
-    ranked = by_score[torch.argsort(cls[by_score], stable=True)]
-    rank = torch.empty_like(ranked)
-    rank[ranked] = torch.arange(m, device=ranked.device)
-    b = boxes.float()[box_index]
-    x, w = b[:, 0], b[:, 2]
-    left, right = _edges_xyxy(x, w)
-    dense = thresh < 0 or not bool(torch.isfinite(b).all() and (b[:, 2:] > 0).all())
-    first, second = _candidate_pairs(left, right, w, cls, thresh, dense)
-    if first.numel():
-        hit = overlap_measure(b[first], b[second], kind, beta) > thresh
-        first, second = first[hit], second[hit]
-        earlier = rank[first] < rank[second]
-        src = torch.where(earlier, first, second)
-        dst = torch.where(earlier, second, first)
-        kept = _resolve(m, src, dst)
-        gone = ~kept
-        out[box_index[gone], cls[gone]] = 0
+    b = boxes.float()
+    dense = thresh < 0 or not bool((torch.isfinite(b).all() & (b[:, 2:] > 0).all()).item())
+    active = torch.nonzero(present.any(1)).flatten()
+    gone = torch.zeros(m, dtype=torch.bool, device=probs.device)
+    if m <= 6 * active.numel():
+        # few classes per box: sweep the items themselves, classes side by side
+        first, second = _all_pairs(_geometry(b[box_index]), cls, thresh, kind, beta, dense)
+        if first.numel():
+            gone = ~_resolve(m, *_directed(first, second, score))
+    else:
+        # many classes per box: overlaps are found once per pair of boxes, then shared by the classes
+        bi, bj = _all_pairs(_geometry(b[active]), torch.zeros_like(active), thresh, kind, beta, dense)
+        bi, bj = active[bi], active[bj]
+        item = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)
+        item[box_index, cls] = torch.arange(m, device=probs.device)
+        classes = probs.shape[1]
+        group = max(1, _PAIR_BUDGET // max(bi.numel(), 1))
+        for k0 in range(0, classes if bi.numel() else 0, group):
+            a, c = item[bi, k0:k0 + group], item[bj, k0:k0 + group]
+            both = (a >= 0) & (c >= 0)
+            first, second = a[both], c[both]
+            if first.numel():
+                gone |= ~_resolve(m, *_directed(first, second, score))
+    out[box_index[gone], cls[gone]] = 0
     return out

@@ -111,3 +111,29 @@ def test_nms_stays_on_the_device():
     got = darknet_nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(probs).cuda(), 0.45)
     assert got.is_cuda
     np.testing.assert_array_equal(got.cpu().numpy(), reference_nms(boxes, probs, 0.45, "default", 0.6))
+
+
+def test_pairs_in_bounded_chunks_give_the_same_result(monkeypatch):
+    import netspec.nms
+
+    boxes, probs = _scene(5, 80, 4, zero_fraction=0.2)
+    want = reference_nms(boxes, probs, 0.45, "default", 0.6)
+    monkeypatch.setattr(netspec.nms, "_PAIR_BUDGET", 37)
+    got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.45).numpy()
+    np.testing.assert_array_equal(got, want)
+    got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), -0.1).numpy()
+    np.testing.assert_array_equal(got, reference_nms(boxes, probs, -0.1, "default", 0.6))
+
+
+@pytest.mark.parametrize("kind", ["default", "diounms"])
+@pytest.mark.parametrize("budget", [None, 41])
+def test_many_classes_per_box_share_the_box_overlaps(kind, budget, monkeypatch):
+    import netspec.nms
+
+    if budget:
+        monkeypatch.setattr(netspec.nms, "_PAIR_BUDGET", budget)
+    boxes, probs = _scene(9, 50, 9, zero_fraction=0.1)  # ~8 classes per box: the box-pair path
+    for thresh in (0.45, -0.1):
+        want = reference_nms(boxes, probs, thresh, kind, 0.6)
+        got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), thresh, kind, 0.6).numpy()
+        np.testing.assert_array_equal(got, want)
