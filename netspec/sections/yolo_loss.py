@@ -37,8 +37,8 @@ _EPSI = 1e-9
 
 def _first_max(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over the last dim and the FIRST index reaching it (Darknet keeps the first of equal scores)."""
-    best = values.max(-1).values
-    return best, (values == best.unsqueeze(-1)).to(torch.uint8).argmax(-1)
+    best, index = values.max(-1)  # torch documents the first maximal index
+    return best, index
 
 
 class YoloLoss:
@@ -108,10 +108,13 @@ class YoloLoss:
         return min(self.classes, len(self.class_map)) if self.class_map is not None else self.classes
 
     def _activate(self, v: torch.Tensor) -> torch.Tensor:
-        out = v.clone()
+        """Darknet's training-mode ``l.output`` from the rows of the head input (``v`` is a fresh copy)."""
         if self.logistic:
-            idx = list(self.logistic)
-            out[:, idx] = torch.sigmoid(v[:, idx])
+            raw = [e for e in range(self.entries) if e not in self.logistic]  # w, h (and nothing else)
+            out = torch.sigmoid(v)
+            out[:, raw] = v[:, raw]
+        else:
+            out = v
         s = self.scale_x_y
         if s != 1:
             idx = list(self.affine)
@@ -343,7 +346,8 @@ class YoloLoss:
             arow = grid.row_index(ab, aa, aj, ai)
             c, m = tcls[ab, at], tmult[ab, at]
             d_box, iou, giou = self._box_delta(out[arow], tboxes[ab, at], ai.float(), aj.float(), biases[an], m, geo)
-            after_cells = delta.clone()  # the state the truths loop starts from
+            # the state the truths loop starts from, where it is read (box deltas do not touch these entries)
+            obj_before = delta[arow, ob]
             delta[:, :self.box_entries].index_add_(0, arow, d_box)
             # Gaussian YOLO's average reports the GIoU when it trains with an IoU-family loss
             tot_iou = giou.sum() if self.gaussian and self.iou_loss != "mse" else iou.sum()
@@ -358,17 +362,16 @@ class YoloLoss:
             is_last = last_t[arow] == at
             value_obj = m * self.obj_normalizer * (1 - out[arow, ob])
             if self.objectness_smooth and not self.gaussian:
-                sel = is_first & (after_cells[arow, ob] == 0)
+                sel = is_first & (obj_before == 0)
             else:
                 sel = is_last
             delta[arow[sel], ob] = value_obj[sel]
             # classes: the first assignment of each cell takes delta_yolo_class from the state before the loop;
             # every later one rewrites only its own class
             fr = arow[is_first]
-            dc_first = self._class_delta(after_cells[fr, cls0:], out[fr, cls0:], c[is_first], m[is_first])
-            delta[fr, cls0:] = dc_first
-            check = (after_cells[fr, cls0:].gather(1, c[is_first][:, None])[:, 0] if not self.gaussian
-                     else after_cells[fr, cls0])
+            cls_before = delta[fr, cls0:]
+            delta[fr, cls0:] = self._class_delta(cls_before, out[fr, cls0:], c[is_first], m[is_first])
+            check = cls_before.gather(1, c[is_first][:, None])[:, 0] if not self.gaussian else cls_before[:, 0]
             first_full = torch.zeros(k, dtype=torch.bool, device=dev)
             first_full[is_first.nonzero()[:, 0]] = check == 0
             later = ~first_full
