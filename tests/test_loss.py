@@ -314,7 +314,13 @@ def _region_reference(x, truths, p, seen):
             for cell in row:
                 for v in cell:
                     v[4] = _sig(v[4])
-                    if p.get("softmax"):
+                    if p.get("parents"):
+                        for g in set(p["groups"]):
+                            idx = [k for k in range(classes) if p["groups"][k] == g]
+                            ex = [math.exp(v[5 + k]) for k in idx]
+                            for k, u in zip(idx, ex):
+                                v[5 + k] = u / sum(ex)
+                    elif p.get("softmax"):
                         m = max(v[5:])
                         ex = [math.exp(c - m) for c in v[5:]]
                         v[5:] = [c / sum(ex) for c in ex]
@@ -337,6 +343,15 @@ def _region_reference(x, truths, p, seen):
 
     def delta_class(b, j, i, a, c, scale):
         v, d = out[b][j][i][a], delta[b][j][i][a]
+        if p.get("parents"):  # hierarchical: every group on the path to the root
+            parents, group = p["parents"], p["groups"]
+            while c >= 0:
+                for k in range(classes):
+                    if group[k] == group[c]:
+                        d[5 + k] = scale * (0 - v[5 + k])
+                d[5 + c] = scale * (1 - v[5 + c])
+                c = parents[c]
+            return
         focal = 1
         if p.get("focal_loss"):
             pt = v[5 + c] + 1e-15
@@ -508,3 +523,197 @@ def test_detection_loss_is_darknets_loop(keys):
     torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-6)
     assert stats["heads"][0]["cost"] == pytest.approx(float((expected ** 2).sum()), rel=1e-4)
     assert stats["count"] == 4  # one truth per cell (the second box of the first cell is dropped, as is the tiny one)
+
+
+def test_region_tree_loss_is_darknets_loop(tmp_path):
+    # 5 classes: 0, 1 are roots; 2, 3 children of 0; 4 a child of 3
+    (tmp_path / "t.tree").write_text("a -1\nb -1\nc 0\nd 0\ne 3\n")
+    anchors = [(1.0, 1.5), (2.5, 2.0)]
+    cfg = tmp_path / "r.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=20\nsize=1\nstride=16\n"
+                   "activation=linear\n[region]\nanchors=1,1.5,2.5,2\nnum=2\nclasses=5\ncoords=4\nsoftmax=1\n"
+                   "tree=t.tree\nclassfix=1\nthresh=0.2\n")
+    truths = [[(0.31, 0.42, 0.30, 0.45, 4), (0.33, 0.40, 0.28, 0.4, 2), (0.81, 0.12, 0.10, 0.12, 1)], []]
+    p = {"num": 2, "classes": 5, "anchors": anchors, "classfix": 1, "thresh": 0.2,
+         "parents": [-1, -1, 0, 0, 3], "groups": [0, 0, 1, 1, 2]}
+    torch.manual_seed(2)
+    x = torch.randn(2, 20, 4, 4).requires_grad_()
+    loss, _ = DetectionLoss(netspec.build(str(cfg)))([x], _truth_rows(truths))
+    loss.backward()
+    expected = _region_reference(x.detach(), truths, p, 3)
+    torch.testing.assert_close(-2 * x.grad, expected.float(), rtol=1e-4, atol=1e-6)
+
+
+def _yolo_reference(x, truths, p, net_size):
+    """forward_yolo_layer's loops for [yolo] with iou_loss=mse (the cell / truth bookkeeping of every variant)."""
+    b_, _, hh, ww = x.shape
+    mask, anchors, classes = p["mask"], p["anchors"], p["classes"]
+    n, e = len(mask), 5 + classes
+    s = p.get("scale_x_y", 1.0)
+    out = x.double().reshape(b_, n, e, hh, ww).permute(0, 1, 3, 4, 2).tolist()  # [b][a][j][i][entry]
+    for img in out:
+        for anchor in img:
+            for row in anchor:
+                for v in row:
+                    for k in range(e):
+                        if k not in (2, 3):
+                            v[k] = _sig(v[k])
+                    v[0], v[1] = v[0] * s - 0.5 * (s - 1), v[1] * s - 0.5 * (s - 1)
+    delta = [[[[[0.0] * e for _ in range(ww)] for _ in range(hh)] for _ in range(n)] for _ in range(b_)]
+    obj_norm, iou_norm = p.get("obj_normalizer", 1.0), p.get("iou_normalizer", 0.75)
+    cls_norm, eps = p.get("cls_normalizer", 1.0), p.get("label_smooth_eps", 0.0)
+    smooth, mults = p.get("objectness_smooth", 0), p.get("multipliers")
+    iou_thresh = p.get("iou_thresh", 1.0)
+
+    def y_true(positive):
+        y = 1.0 if positive else 0.0
+        return y * (1 - eps) + 0.5 * eps if eps else y
+
+    def box(b, a_pos, anchor, j, i):
+        v = out[b][a_pos][j][i]
+        return ((i + v[0]) / ww, (j + v[1]) / hh, math.exp(v[2]) * anchors[anchor][0] / net_size,
+                math.exp(v[3]) * anchors[anchor][1] / net_size)
+
+    def delta_box(t, b, a_pos, anchor, j, i, norm):
+        v, d = out[b][a_pos][j][i], delta[b][a_pos][j][i]
+        scale = 2 - t[2] * t[3]
+        target = (t[0] * ww - i, t[1] * hh - j, math.log(t[2] * net_size / anchors[anchor][0]),
+                  math.log(t[3] * net_size / anchors[anchor][1]))
+        for k in range(4):
+            d[k] += scale * (target[k] - v[k]) * norm
+        return _iou(box(b, a_pos, anchor, j, i), t)
+
+    def delta_class(v, d, c):
+        if d[5 + c]:
+            d[5 + c] = y_true(True) - v[5 + c]
+            if mults:
+                d[5 + c] *= mults[c]
+            return
+        for k in range(classes):
+            d[5 + k] = y_true(k == c) - v[5 + k]
+            if mults and k == c:
+                d[5 + k] *= mults[c] * cls_norm
+
+    def assign(t, b, a_pos, anchor, j, i):
+        m = mults[t[4]] if mults else 1.0
+        delta_box(t, b, a_pos, anchor, j, i, iou_norm * m)
+        v, d = out[b][a_pos][j][i], delta[b][a_pos][j][i]
+        if smooth:
+            if d[4] == 0:
+                d[4] = m * obj_norm * (1 - v[4])
+        else:
+            d[4] = m * obj_norm * (1 - v[4])
+        delta_class(v, d, t[4])
+
+    for b in range(b_):
+        for j in range(hh):
+            for i in range(ww):
+                for a in range(n):
+                    v, d = out[b][a][j][i], delta[b][a][j][i]
+                    pred = box(b, a, mask[a], j, i)
+                    match = any(c > 0.25 for c in v[5:])
+                    best_match = best = 0
+                    best_t = 0
+                    for k, t in enumerate(truths[b]):
+                        iou = _iou(pred, t)
+                        if iou > best_match and match:
+                            best_match = iou
+                        if iou > best:
+                            best, best_t = iou, k
+                    d[4] = obj_norm * (0 - v[4])
+                    if best_match > p.get("ignore_thresh", 0.5):
+                        if smooth:
+                            d[4] = max(d[4], obj_norm * (best_match - v[4]))
+                        else:
+                            d[4] = 0
+                    if best > p.get("truth_thresh", 1.0):
+                        t = truths[b][best_t]
+                        d[4] = obj_norm * ((best * best if smooth else 1) - v[4])
+                        delta_class(v, d, t[4])
+                        m = mults[t[4]] if mults else 1.0
+                        if smooth:
+                            d[5 + t[4]] = m * (best * best - v[5 + t[4]])
+                        delta_box(t, b, a, mask[a], j, i, iou_norm * m)
+        for t in truths[b]:
+            i, j = int(t[0] * ww), int(t[1] * hh)
+            fits = [_iou((0, 0, aw / net_size, ah / net_size), (0, 0, t[2], t[3])) for aw, ah in anchors]
+            best_n = max(range(len(anchors)), key=lambda k: (fits[k], -k))
+            if best_n in mask:
+                assign(t, b, mask.index(best_n), best_n, j, i)
+            for k in range(len(anchors)):
+                if k in mask and k != best_n and iou_thresh < 1 and fits[k] > iou_thresh:
+                    assign(t, b, mask.index(k), k, j, i)
+        if iou_thresh < 1:
+            for a in range(n):
+                for j in range(hh):
+                    for i in range(ww):
+                        d = delta[b][a][j][i]
+                        positive = sum(1 for c in d[5:] if c > 0)
+                        if d[4] != 0 and positive:
+                            for k in range(4):
+                                d[k] /= positive
+    return torch.tensor(delta).permute(0, 1, 4, 2, 3).reshape(x.shape)
+
+
+# many truths sharing cells and anchors, of several classes (the order-dependent cases of Darknet's loops)
+_CROWD = [
+    [(0.30, 0.30, 0.20, 0.22, 0), (0.32, 0.31, 0.22, 0.20, 1), (0.31, 0.29, 0.21, 0.21, 1), (0.34, 0.33, 0.5, 0.45, 2),
+     (0.70, 0.70, 0.10, 0.12, 2), (0.72, 0.71, 0.12, 0.10, 0), (0.05, 0.95, 0.3, 0.6, 1)],
+    [],
+    [(0.55, 0.45, 0.6, 0.6, 0), (0.56, 0.44, 0.58, 0.62, 0), (0.12, 0.14, 0.05, 0.07, 2)],
+]
+
+
+@pytest.mark.parametrize("keys", [
+    {},
+    {"iou_thresh": 0.2, "objectness_smooth": 1, "label_smooth_eps": 0.1, "obj_normalizer": 0.4},
+    {"iou_thresh": 0.2, "counters_per_class": "100,50,10", "cls_normalizer": 0.5, "scale_x_y": 1.1},
+    {"truth_thresh": 0.3, "ignore_thresh": 0.2, "objectness_smooth": 1, "iou_thresh": 0.3},
+])
+def test_yolo_crowded_cells_follow_darknets_loop_order(keys):
+    anchors = [(4, 5), (7, 6), (9, 11), (14, 12), (20, 22), (30, 28)]
+    mask = [1, 2, 4]
+    lines = "".join(f"{k}={v}\n" for k, v in keys.items())
+    cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=24\nsize=1\nstride=8\n"
+           "activation=linear\n[yolo]\nmask=1,2,4\nanchors=" + ",".join(f"{w},{h}" for w, h in anchors) +
+           f"\nnum=6\nclasses=3\n{lines}")
+    p = {"mask": mask, "anchors": anchors, "classes": 3, **keys}
+    if "counters_per_class" in keys:
+        p["multipliers"] = [1.0, 2.0, 10.0]
+    torch.manual_seed(3)
+    x = torch.randn(3, 24, 4, 4)
+    x[:, [5, 13, 21]] += 2  # confident classes, so ignore_thresh / truth_thresh cells occur
+    x = x.requires_grad_()
+    loss, _ = DetectionLoss(netspec.build(cfg))([x], _truth_rows(_CROWD))
+    loss.backward()
+    expected = _yolo_reference(x.detach(), _CROWD, p, 32)
+    torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_gradient():
+    _, _, truth, heads = _load_vector("kitchen-sink")
+    net = netspec.build(str(VECTORS / "kitchen-sink" / "model.cfg"))
+    layers = [h["index"] for h, _, _ in heads]
+    grads = []
+    for device in ("cpu", "cuda"):
+        inputs = [x.to(device).requires_grad_() for _, x, _ in heads]
+        loss, _ = DetectionLoss(net, layers=layers)(inputs, targets_from_darknet_truth(truth).to(device))
+        loss.backward()
+        grads.append([x.grad.cpu() for x in inputs])
+    for cpu, cuda in zip(*grads):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-6)
+
+
+def test_xnor_layers_train_straight_through():
+    # Darknet trains binary/xnor convolutions with the binarized tensors' gradient applied to the real ones
+    cfg = ("[net]\nwidth=16\nheight=16\nchannels=3\n[convolutional]\nfilters=8\nsize=3\npad=1\nbatch_normalize=1\n"
+           "activation=leaky\n[convolutional]\nfilters=8\nsize=3\npad=1\nxnor=1\nbatch_normalize=1\nactivation=leaky\n"
+           "[convolutional]\nfilters=21\nsize=1\nstride=4\nactivation=linear\n"
+           "[yolo]\nmask=0,1,2\nanchors=2,2,4,4,8,8\nnum=3\nclasses=2\n")
+    net = netspec.build(cfg).train()
+    x = torch.rand(2, 3, 16, 16)
+    loss, _ = DetectionLoss(net)(net(x), _targets([0, 1, 0.5, 0.5, 0.3, 0.3]))
+    loss.backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name

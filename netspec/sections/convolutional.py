@@ -83,11 +83,13 @@ class ConvLayer(nn.Module):
     def _forward_binary(self, x: torch.Tensor, src: ConvLayer) -> torch.Tensor:
         # Each filter's weights become sign(w) * mean|w| (Darknet's binarize_weights); with xnor the
         # inputs are binarized to +-1 as well (binarize_cpu).  Then the usual BN and activation.
+        # Training is straight-through, as Darknet's backward: the gradient of the binarized tensor goes to
+        # the real-valued one unchanged (``b.detach() + v - v.detach()`` has exactly b's value).
         w = src.conv.weight
         scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-        w = torch.where(w > 0, scale, -scale)
+        w = torch.where(w > 0, scale, -scale).detach() + (w - w.detach())
         if self.xnor:
-            x = torch.where(x > 0, 1.0, -1.0).to(w.dtype)
+            x = torch.where(x > 0, 1.0, -1.0).to(w.dtype).detach() + (x - x.detach())
         x = F.conv2d(x, w, src.conv.bias, self.stride, self.padding, self.dilation, self.groups)
         if src.bn is not None:
             bn = src.bn
