@@ -229,11 +229,6 @@ def test_share_index_parameters_appear_once():
     assert torch.allclose(b, net.layers[0](a))
 
 
-def test_recurrent_sections_are_rejected_clearly():
-    with pytest.raises(netspec.CfgError, match=r":5:2: \[lstm\] #0: \[lstm\] is not supported yet"):
-        netspec.build("[net]\ninputs=4\n\n\n[lstm]\noutput=4\n")
-
-
 def test_binary_weights_follow_darknet_cpu_unless_asked():
     body = "[convolutional]\nfilters=2\nsize=1\nbinary=1\nactivation=linear\n"
     x = torch.rand(1, 4, 4, 6)

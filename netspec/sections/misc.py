@@ -1,7 +1,7 @@
 """The remaining sections: ``[connected]`` (§3.15), ``[batchnorm]`` (§3.16), ``[dropout]`` (§3.17),
 ``[empty]``/``[silence]`` (§3.18), ``[activation]`` (§3.19), ``[implicit]`` (§3.22),
-``[normalization]``/``[lrn]`` (§3.23), ``[cost]`` (§3.25), ``[local]`` (§3.26), ``[contrastive]`` (§3.27),
-``[softmax]`` (§3.14), and the recurrent sections netspec does not support yet (§3.28)."""
+``[normalization]``/``[lrn]`` (§3.23), ``[cost]`` (§3.25), ``[local]`` (§3.26), ``[contrastive]`` (§3.27)
+and ``[softmax]`` (§3.14)."""
 
 from __future__ import annotations
 
@@ -422,12 +422,3 @@ class Local(Section):
         p = spec.p
         return str(p.filters), f"{p.size}x{p.size}/{p.stride}"
 
-
-class _Unsupported(Section):
-    supported = False
-    unsupported_reason = "recurrent sections are not implemented; see the README"
-    keys = {}
-
-
-for _name in ("rnn", "gru", "lstm", "crnn", "conv_lstm", "history"):
-    register(type(f"Unsupported_{_name}", (_Unsupported,), {"name": _name}))
