@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import netspec
+from netspec.optim import describe_parameters
 from netspec.sections.recurrent import reset_state, set_carry_state
 from netspec.weights import DarknetHeader, darknet_weights_bytes
 
@@ -362,3 +363,69 @@ def test_sizes_follow_darknets_make_functions():
     assert conv_lstm.info.bflops == pytest.approx((2 * sum(w) * hw + 12 * 5 * hw) / 1e9)
     assert history.out_shape == (10, 5, 7)
     assert sum(p.numel() for p in net.parameters()) == net.spec.total_params
+
+
+# ---------------------------------------------------------------- hooks: init, decay, fuse, table
+def test_inner_layers_are_initialized_decayed_and_fused_as_their_own_sections():
+    net = build("[rnn]\noutput=3\nhidden=4\nbatch_normalize=1\nactivation=leaky\n\n"
+                "[crnn]\npad=1\noutput=2\nhidden=2\nbatch_normalize=1\n", shape="width=3\nheight=2\nchannels=2")
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+        if name.endswith("bn.weight") or name.endswith("running_var"):
+            assert torch.equal(t, torch.ones_like(t)), name
+        elif name.endswith("bn.bias") or name.endswith("running_mean"):
+            assert torch.equal(t, torch.zeros_like(t)), name
+    w = net.layers[0].self_layer.linear.weight
+    bound = (2 / 4) ** 0.5  # Darknet's uniform(-sqrt(2/fan_in), sqrt(2/fan_in)), fan_in = hidden
+    assert 0.5 * bound < w.abs().max() <= bound
+    again = build("[rnn]\noutput=3\nhidden=4\nbatch_normalize=1\nactivation=leaky\n\n"
+                  "[crnn]\npad=1\noutput=2\nhidden=2\nbatch_normalize=1\n", shape="width=3\nheight=2\nchannels=2")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+
+    infos = {i.name: i for i in describe_parameters(net)}
+    assert infos["layers.0.input_layer.linear.weight"].decayed
+    assert infos["layers.1.output_layer.conv.weight"].decayed
+    assert not infos["layers.1.output_layer.bn.weight"].decayed
+
+    randomize(net, 3)
+    x = torch.randn(T * B, 2, 2, 3)
+    unfused = forward(net, x)
+    fused = forward(net.fuse(), x)
+    assert net.layers[0].input_layer.bn is None and net.layers[1].self_layer.bn is None
+    torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_table_describes_recurrent_layers():
+    from netspec.commands.build import format_table
+
+    net = build("[crnn]\nsize=3\npad=1\noutput=4\nhidden=2\n\n[history]\nhistory_size=2\n\n[lstm]\noutput=7\n",
+                shape="width=3\nheight=3\nchannels=2")
+    rows = format_table(net).splitlines()
+    assert rows[1].split()[1:4] == ["crnn", "4", "3x3/1"]
+    assert rows[2].split()[1:3] == ["history", "x2"]
+    assert rows[3].split()[1:3] == ["lstm", "7"]
+
+
+def test_mish_follows_the_inner_layer_kind():
+    """Darknet computes mish in convolutions (so in [crnn]) but outputs 0 for it in connected layers ([rnn])."""
+    conv_net = build("[crnn]\npad=1\noutput=2\nhidden=2\nactivation=mish\n", shape="width=3\nheight=3\nchannels=1")
+    assert not conv_net.warnings
+    dense_net = build("[rnn]\noutput=2\nhidden=2\nactivation=mish\n")
+    assert any("outputs 0 for activation=mish in [connected]" in str(w) for w in dense_net.warnings)
+    assert torch.equal(forward(dense_net, torch.randn(T, 5, 1, 1)), torch.zeros(T, 2, 1, 1))
+
+
+def test_every_recurrent_section_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from netspec.onnx_export import export_onnx
+
+    net = build("[lstm]\noutput=4\n\n[gru]\noutput=3\n\n[rnn]\noutput=2\nhidden=3\nshortcut=1\n\n"
+                "[conv_lstm]\npad=1\noutput=2\npeephole=1\n\n[history]\nhistory_size=2\n\n[crnn]\npad=1\nhidden=2\n"
+                "output=2\n", darknet_bugs=False)
+    randomize(net)
+    export_onnx(net, tmp_path / "r.onnx", batch=T, dynamic_batch=True)
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (T, 2 * T):
+        x = torch.randn(batch, 5, 1, 1)
+        (got,) = session.run(None, {"images": x.numpy()})
+        np.testing.assert_allclose(got, forward(net, x).numpy(), rtol=1e-4, atol=1e-5)

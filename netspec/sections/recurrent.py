@@ -20,16 +20,29 @@ order (``src/parser.c`` ``load_weights_upto``).  A sub-layer's BN values are alw
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
 from .. import activations
 from ..errors import CfgError, NetspecError
 from ..keys import Choice, Flag, Float, Int
-from .base import BuildContext, Context, Inference, LayerSpec, Params, Section, SpecError, conv_out, register
-from .common import activation_key
-from .convolutional import ConvLayer
-from .misc import Connected
+from .base import (
+    BuildContext,
+    Context,
+    Inference,
+    InitTarget,
+    LayerSpec,
+    Params,
+    Section,
+    SpecError,
+    conv_out,
+    register,
+)
+from .common import activation_key, stride_text
+from .convolutional import ConvLayer, Convolutional
+from .misc import Connected, ConnectedSection
 
 _T = {"training": True}
 _logistic = activations.FUNCTIONS["logistic"]
@@ -67,7 +80,8 @@ class RecurrentModule(nn.Module):
             path, line, col = self._where
             raise CfgError(f"{self._label}: the input batch of {n} is not a multiple of [net] time_steps="
                            f"{self.steps} (recurrent layers read the batch as time_steps groups of samples, "
-                           "time-major)", path=path, line=line, col=col)
+                           "time-major; for one frame per forward, as Darknet's detector runs, set time_steps=1)",
+                           path=path, line=line, col=col)
         return x.reshape(self.steps, n // self.steps, *x.shape[1:])
 
     def _start(self, zeros: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -113,11 +127,12 @@ def _where(spec: LayerSpec, ctx: BuildContext) -> tuple[str | None, int | None, 
     return (spec.path, opt.line, opt.col) if opt is not None else (spec.path, None, None)
 
 
-def _activation(name: str, inner: str, spec: LayerSpec, ctx: BuildContext):
-    """``activation=name`` as Darknet's inner ``[inner]`` layers compute it (swish/mish: 0 in connected)."""
-    fn, note = activations.resolve(name, inner, ctx.darknet_bugs)
+def _activation(name: str, inner: type[Section], spec: LayerSpec, ctx: BuildContext):
+    """``activation=name`` as Darknet's inner layers (of section ``inner``) compute it: mish in a
+    convolution, 0 in a connected layer."""
+    fn, note = activations.resolve(name, inner.name, ctx.darknet_bugs, inner.darknet_activations)
     if note:
-        ctx.warnings.append(spec.problem(f"{note} (the inner layers of [{spec.type}] are [{inner}] layers)",
+        ctx.warnings.append(spec.problem(f"{note} (the inner layers of [{spec.type}] are [{inner.name}] layers)",
                                          "activation", "warning"))
     return fn
 
@@ -128,7 +143,23 @@ def _dense_counts(n_in: int, n: int, bn: bool) -> tuple[int, int]:
 
 
 class _RecurrentSection(Section):
-    """Keys and checks common to the recurrent sections."""
+    """Checks and hooks common to the recurrent sections with inner layers (of section ``inner``)."""
+
+    inner: type[Section] = ConnectedSection
+    decays_weights = True  # Darknet's update_{connected,convolutional}_layer decays the inner weights
+
+    def init_targets(self, spec: LayerSpec, module: RecurrentModule) -> list[InitTarget]:
+        """Each inner layer initialized as its own section would be, under its name in this module."""
+        inner = self.inner()
+        return [dataclasses.replace(t, suffix=f"{name}.{t.suffix}") for name, layer in module.named_children()
+                for t in inner.init_targets(spec, layer)]
+
+    def fuse(self, spec: LayerSpec, module: RecurrentModule) -> None:
+        for layer in module.children():
+            layer.fuse()
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return str(spec.p.output), ""
 
     def check(self, p: Params, ctx: Context) -> None:
         if p.dontloadscales:
@@ -188,8 +219,8 @@ class RNNSection(_RecurrentSection):
         c, h, w = spec.in_shape
         self_act = {1: "logistic", 2: "loggy"}.get(p.logistic, p.activation)
         return RNNLayer(c * h * w, p.hidden, p.output, bool(p.batch_normalize), p.activation,
-                        _activation(p.activation, "connected", spec, ctx), self_act,
-                        _activation(self_act, "connected", spec, ctx), bool(p.shortcut), _time_steps(ctx),
+                        _activation(p.activation, ConnectedSection, spec, ctx), self_act,
+                        _activation(self_act, ConnectedSection, spec, ctx), bool(p.shortcut), _time_steps(ctx),
                         spec.label, _where(spec, ctx))
 
 
@@ -321,6 +352,13 @@ _CONV_KEYS = {
 class _ConvRecurrentSection(_RecurrentSection):
     """[crnn] and [conv_lstm]: inner convolutions that must keep the spatial size (the state is fed back)."""
 
+    inner = Convolutional
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        p = spec.p
+        return str(p.output) + (f"/{p.groups}" if p.groups > 1 else ""), \
+            f"{p.size}x{p.size}/{stride_text(p.stride, p.stride)}" + (f" d{p.dilation}" if p.dilation > 1 else "")
+
     def check(self, p: Params, ctx: Context) -> None:
         super().check(p, ctx)
         p.pad_px = p.size // 2 if p.pad else p.padding
@@ -393,7 +431,7 @@ class CRNNSection(_ConvRecurrentSection):
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
-        act_fn = _activation(p.activation, "convolutional", spec, ctx)
+        act_fn = _activation(p.activation, Convolutional, spec, ctx)
 
         def make(c_in: int, c_out: int) -> ConvLayer:
             return self._layer(p, c_in, c_out, p.activation, act_fn)
@@ -484,7 +522,7 @@ class ConvLSTMSection(_ConvRecurrentSection):
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
-        act_fn = _activation(p.activation, "convolutional", spec, ctx)
+        act_fn = _activation(p.activation, Convolutional, spec, ctx)
         cell_fn = activations.FUNCTIONS[p.lstm_activation]
         if p.lstm_activation != "tanh" and ctx.darknet_bugs:
             cell_fn = _tanh
@@ -535,6 +573,9 @@ class HistorySection(Section):
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]
         return Inference((c * p.history_size, h, w))
+
+    def describe(self, spec: LayerSpec) -> tuple[str, str]:
+        return f"x{spec.p.history_size}", ""
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         steps = _time_steps(ctx)
