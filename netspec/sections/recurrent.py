@@ -256,19 +256,28 @@ class GRULayer(RecurrentModule):
         return _record(self.input_z, self.input_r, self.input_h, self.state_z, self.state_r, self.state_h)
 
 
-@register
-class GRUSection(_RecurrentSection):
-    name = "gru"
+class _GatedSection(_RecurrentSection):
+    """[gru] and [lstm]: per gate, one connected layer on the input and one on the state, all ``output`` wide."""
+
     needs_image = False
     keys = {"output": Int(1, "output and state size", min=1), "batch_normalize": Flag(0, "BN in each inner layer")}
+    gates = 0
+    darknet_out: tuple[int, int, int] | None = None
 
     def infer(self, p: Params, inputs, ctx: Context) -> Inference:
         c, h, w = inputs[0]
         bn = bool(p.batch_normalize)
         n_x, f_x = _dense_counts(c * h * w, p.output, bn)
         n_h, f_h = _dense_counts(p.output, p.output, bn)
-        # Darknet never sets a [gru]'s out_c/out_h/out_w (only its flat size): it reports 0 x 0 x 0.
-        return Inference((p.output, 1, 1), 3 * (n_x + n_h), 3 * (f_x + f_h), darknet_out=(0, 0, 0))
+        return Inference((p.output, 1, 1), self.gates * (n_x + n_h), self.gates * (f_x + f_h),
+                         darknet_out=self.darknet_out)
+
+
+@register
+class GRUSection(_GatedSection):
+    name = "gru"
+    gates = 3
+    darknet_out = (0, 0, 0)  # Darknet never sets a [gru]'s out_c/out_h/out_w (only its flat size)
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
@@ -317,17 +326,9 @@ class LSTMLayer(RecurrentModule):
 
 
 @register
-class LSTMSection(_RecurrentSection):
+class LSTMSection(_GatedSection):
     name = "lstm"
-    needs_image = False
-    keys = {"output": Int(1, "output and state size", min=1), "batch_normalize": Flag(0, "BN in each inner layer")}
-
-    def infer(self, p: Params, inputs, ctx: Context) -> Inference:
-        c, h, w = inputs[0]
-        bn = bool(p.batch_normalize)
-        n_x, f_x = _dense_counts(c * h * w, p.output, bn)
-        n_h, f_h = _dense_counts(p.output, p.output, bn)
-        return Inference((p.output, 1, 1), 4 * (n_x + n_h), 4 * (f_x + f_h))
+    gates = 4
 
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         c, h, w = spec.in_shape
