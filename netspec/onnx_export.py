@@ -165,6 +165,10 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, width: int | None = 
         raise _failing_layer(model, opset, exc) from exc
     data = buffer.getvalue()
     data = _keep_input(data, (None if dynamic_batch else batch, c, h, w))
+    with torch.no_grad():
+        outputs = wrapper(images)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    data = _declare_output_shapes(data, {n: tuple(o.shape) for n, o in zip(names, outputs)}, dynamic_batch)
     write_bytes(path, data)
     return OnnxExport(os.fspath(path), INPUT_NAME, (batch, c, h, w), names, dynamic_batch, opset)
 
@@ -181,6 +185,27 @@ def _keep_input(data: bytes, shape: tuple) -> bytes:
         return data
     dims = ["batch" if d is None else d for d in shape]
     model.graph.input.insert(0, onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, dims))
+    return model.SerializeToString()
+
+
+def _declare_output_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], dynamic_batch: bool) -> bytes:
+    """Declare each output's shape as the network computes it: every dimension fixed but the batch (``batch``
+    with ``dynamic_batch``).  The exporter's own inference names dimensions after the nodes that compute them
+    (``Reshapeyolo_30_dim_2``), symbolic even in a static graph and shared between heads of different sizes."""
+    try:
+        import onnx
+    except ImportError:  # without onnx the graph cannot be edited; the exporter's declaration stays
+        return data
+    model = onnx.load_from_string(data)
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(shapes[output.name]):
+            dim = dims.add()
+            if axis == 0 and dynamic_batch:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = size
     return model.SerializeToString()
 
 

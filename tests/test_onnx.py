@@ -328,3 +328,29 @@ def test_shipped_cfgs_export(tmp_path):
         export_onnx(net, tmp_path / "s.onnx")
         x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
         assert_close(run_onnx(tmp_path / "s.onnx", x), netspec_outputs(net, x))
+
+
+def _declared(path) -> dict[str, list]:
+    graph = onnx.load(str(path)).graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.output}
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+@pytest.mark.parametrize("decode", [False, True])
+def test_output_shapes_are_declared_as_computed(dynamic_batch, decode, tmp_path):
+    """yolov3-tiny's two heads (2x2 and 4x4 at 64x64): each output declares its own dimensions, all fixed but a
+    dynamic batch (the exporter's inference gave symbolic H, W even in a static graph, named after the first
+    head's nodes)."""
+    import re
+
+    cfg = (CFGS / "yolov3-tiny.cfg").read_text().replace("filters = 255", "filters = 18")
+    cfg = re.sub(r"filters = (16|32|64|128|256|512|1024)\b", "filters = 8", cfg.replace("classes = 80", "classes = 1"))
+    net = netspec.build(cfg, 64, 64).eval()
+    info = export_onnx(net, tmp_path / "h.onnx", batch=2, dynamic_batch=dynamic_batch, decode=decode)
+    declared = _declared(tmp_path / "h.onnx")
+    batch = 3 if dynamic_batch else 2
+    got = run_onnx(tmp_path / "h.onnx", torch.rand(batch, 3, 64, 64))
+    for name, out in zip(info.output_names, got):
+        assert declared[name] == ["batch" if dynamic_batch else 2, *out.shape[1:]], name
+    if not decode:
+        assert declared["yolo_16"][1:] == [18, 2, 2] and declared["yolo_23"][1:] == [18, 4, 4]
