@@ -20,6 +20,16 @@ import torch
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
 
 
+def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, index)  # much faster than t[index] (aten::index) for large gathers
+
+
+def _keep(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of each tensor where ``mask`` holds (one nonzero() shared by all of them)."""
+    index = torch.nonzero(mask).squeeze(1)
+    return [t.index_select(0, index) for t in tensors]
+
+
 def _edges_xyxy(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = w / 2
     return x - half, x + half
@@ -61,7 +71,7 @@ def _sweep(left: torch.Tensor, right: torch.Tensor, width: torch.Tensor, cls: to
     the later items of its class that may overlap it by more than ``thresh``."""
     if dense:  # every later item of the same class
         order = torch.argsort(cls, stable=True)
-        key = cls[order].double()
+        key = _take(cls, order).double()
         return order, torch.searchsorted(key, key + 0.5, side="left")
     # Classes laid side by side (key = class * span + left), then a sweep on the left edges: IoU > t >= 0
     # needs the later box's left edge before right - t*width; the small slack keeps the test conservative.
@@ -69,8 +79,8 @@ def _sweep(left: torch.Tensor, right: torch.Tensor, width: torch.Tensor, cls: to
     span = float((right.max().double() - lo).item()) * 2 + 1
     key = cls.double() * span + (left.double() - lo)
     order = torch.argsort(key, stable=True)
-    key = key[order]
-    reach = (right.double() - left.double() - thresh * width.double())[order]
+    key = _take(key, order)
+    reach = _take(right.double() - left.double() - thresh * width.double(), order)
     return order, torch.searchsorted(key, key + reach * (1 + 1e-6) + 1e-12 * span, side="left")
 
 
@@ -83,7 +93,7 @@ def _pairs(order: torch.Tensor, ends: torch.Tensor, begin: int, stop: int) -> tu
     first = torch.repeat_interleave(pos, counts, output_size=total)
     offsets = torch.cumsum(counts, 0) - counts
     second = torch.arange(total, device=dev) - torch.repeat_interleave(offsets - pos - 1, counts, output_size=total)
-    return order[first], order[second]
+    return _take(order, first), _take(order, second)
 
 
 def _chunks(ends: torch.Tensor) -> list[tuple[int, int]]:
@@ -104,16 +114,15 @@ def _resolve(m: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     dev = src.device
     state = torch.zeros(m, dtype=torch.int8, device=dev)  # 0 undecided, 1 kept, 2 suppressed
     while src.numel():
-        src_state = state[src]
-        killed = torch.zeros(m, dtype=torch.bool, device=dev)
-        killed[dst[src_state == 1]] = True
+        src_state = _take(state, src)
+        killed = torch.zeros(m, dtype=torch.int32, device=dev)
+        killed.index_add_(0, dst, (src_state == 1).to(torch.int32))
         blockers = torch.zeros(m, dtype=torch.int32, device=dev)
         blockers.index_add_(0, dst, (src_state != 2).to(torch.int32))
         undecided = state == 0
-        state = torch.where(undecided & killed, torch.full_like(state, 2), state)
-        state = torch.where(undecided & ~killed & (blockers == 0), torch.ones_like(state), state)
-        live = (state[dst] == 0) & (state[src] != 2)
-        src, dst = src[live], dst[live]
+        state = torch.where(undecided & (killed > 0), torch.full_like(state, 2), state)
+        state = torch.where(undecided & (killed == 0) & (blockers == 0), torch.ones_like(state), state)
+        src, dst = _keep((_take(state, dst) == 0) & (_take(state, src) != 2), src, dst)
     return state != 2
 
 
@@ -123,13 +132,18 @@ def _overlapping(first: torch.Tensor, second: torch.Tensor, g: dict, thresh: flo
     if not dense:
         # IoU > t needs the overlap along each axis above t times either box's size: a cheap cut first
         slack = thresh * (1 - 1e-5)
-        left, right, top, bottom, w, h = g["left"], g["right"], g["top"], g["bottom"], g["w"], g["h"]
-        ow = torch.minimum(right[first], right[second]) - torch.maximum(left[first], left[second])
-        oh = torch.minimum(bottom[first], bottom[second]) - torch.maximum(top[first], top[second])
-        near = (ow > slack * torch.maximum(w[first], w[second])) & (oh > slack * torch.maximum(h[first], h[second]))
-        first, second = first[near], second[near]
-    hit = overlap_measure(g["boxes"][first], g["boxes"][second], kind, beta) > thresh
-    return first[hit], second[hit]
+        def pair(name):
+            return _take(g[name], first), _take(g[name], second)
+
+        (t1, t2), (b1, b2) = pair("top"), pair("bottom")
+        oh = torch.minimum(b1, b2) - torch.maximum(t1, t2)
+        h1, h2 = pair("h")
+        first, second = _keep(oh > slack * torch.maximum(h1, h2), first, second)
+        (l1, l2), (r1, r2), (w1, w2) = pair("left"), pair("right"), pair("w")
+        ow = torch.minimum(r1, r2) - torch.maximum(l1, l2)
+        first, second = _keep(ow > slack * torch.maximum(w1, w2), first, second)
+    hit = overlap_measure(_take(g["boxes"], first), _take(g["boxes"], second), kind, beta) > thresh
+    return _keep(hit, first, second)
 
 
 def _geometry(b: torch.Tensor) -> dict:
@@ -139,13 +153,46 @@ def _geometry(b: torch.Tensor) -> dict:
     return {"boxes": b, "w": w, "h": h, "left": left, "right": right, "top": top, "bottom": bottom}
 
 
+def _bands(g: dict, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each item copied into the horizontal bands its box spans: (item of each copy, its band, its group id,
+    and each item's first band).
+
+    Boxes overlap only if they share a band, so the sweep runs band by band (group = class and band) and
+    sees far fewer pairs when the boxes are spread over the image."""
+    top, bottom = g["top"], g["bottom"]
+    lo = top.min()
+    extent = float((bottom.max() - lo).item())
+    height = max(float(g["h"].median().item()), extent / 256, 1e-12)
+    first = torch.floor((top - lo) / height).long()
+    last = torch.floor((bottom - lo) / height).long().clamp(min=first)
+    spans = last - first + 1
+    total = int(spans.sum().item())
+    item = torch.repeat_interleave(torch.arange(cls.numel(), device=cls.device), spans, output_size=total)
+    offsets = torch.cumsum(spans, 0) - spans
+    band = _take(first, item) + torch.arange(total, device=cls.device) - _take(offsets, item)
+    n_bands = int(last.max().item()) + 1
+    return item, band, _take(cls, item) * n_bands + band, first
+
+
 def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float,
                dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every pair of the same ``cls`` overlapping by more than ``thresh``, in bounded chunks."""
-    order, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, dense)
+    if dense:
+        item = band = band_start = None
+        order, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, dense)
+    else:
+        item, band, group, band_start = _bands(g, cls)
+        order, ends = _sweep(_take(g["left"], item), _take(g["right"], item), _take(g["w"], item), group, thresh,
+                             dense)
     firsts, seconds = [], []
     for begin, stop in _chunks(ends):
-        f, s = _overlapping(*_pairs(order, ends, begin, stop), g, thresh, kind, beta, dense)
+        f, s = _pairs(order, ends, begin, stop)
+        if item is not None:
+            # a pair shares several bands: keep it in the first one only
+            fi, si = _take(item, f), _take(item, s)
+            once = _take(band, f) == torch.maximum(_take(band_start, fi), _take(band_start, si))
+            f, s = _keep(once, fi, si)
+        f, s = _overlapping(f, s, g, thresh, kind, beta, dense)
         firsts.append(f)
         seconds.append(s)
     if not firsts:
@@ -156,7 +203,7 @@ def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float
 
 def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Darknet walks a class by descending probability; equal ones keep the item (box) order here
-    s1, s2 = score[first], score[second]
+    s1, s2 = _take(score, first), _take(score, second)
     earlier = (s1 > s2) | ((s1 == s2) & (first < second))
     return torch.where(earlier, first, second), torch.where(earlier, second, first)
 
@@ -181,21 +228,21 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     gone = torch.zeros(m, dtype=torch.bool, device=probs.device)
     if m <= 6 * active.numel():
         # few classes per box: sweep the items themselves, classes side by side
-        first, second = _all_pairs(_geometry(b[box_index]), cls, thresh, kind, beta, dense)
+        first, second = _all_pairs(_geometry(_take(b, box_index)), cls, thresh, kind, beta, dense)
         if first.numel():
             gone = ~_resolve(m, *_directed(first, second, score))
     else:
         # many classes per box: overlaps are found once per pair of boxes, then shared by the classes
-        bi, bj = _all_pairs(_geometry(b[active]), torch.zeros_like(active), thresh, kind, beta, dense)
-        bi, bj = active[bi], active[bj]
+        bi, bj = _all_pairs(_geometry(_take(b, active)), torch.zeros_like(active), thresh, kind, beta, dense)
+        bi, bj = _take(active, bi), _take(active, bj)
         item = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)
         item[box_index, cls] = torch.arange(m, device=probs.device)
         classes = probs.shape[1]
         group = max(1, _PAIR_BUDGET // max(bi.numel(), 1))
         for k0 in range(0, classes if bi.numel() else 0, group):
-            a, c = item[bi, k0:k0 + group], item[bj, k0:k0 + group]
-            both = (a >= 0) & (c >= 0)
-            first, second = a[both], c[both]
+            a = _take(item, bi)[:, k0:k0 + group].reshape(-1)
+            c = _take(item, bj)[:, k0:k0 + group].reshape(-1)
+            first, second = _keep((a >= 0) & (c >= 0), a, c)
             if first.numel():
                 gone |= ~_resolve(m, *_directed(first, second, score))
     out[box_index[gone], cls[gone]] = 0
