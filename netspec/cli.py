@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "schedule": "print (or --plot) the learning rate of every optimizer step",
     "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",
     "export": "export a network to ONNX (optionally with box decoding in the graph)",
+    "map": "mean average precision on a labelled set, as darknet detector map (--coco: COCO AP too)",
     "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",
     "detect": "detect objects in images as darknet detector test (-out JSON, drawn boxes)",
     "demo-data": "write a small offline detection dataset (shapes on textured backgrounds) with obj.data",

@@ -52,6 +52,11 @@ class DataConfig:
     options: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)  # key -> line number in ``path``
 
+    def path_of(self, key: str) -> str | None:
+        """The path a key names, resolved like ``train``/``valid`` (None when the key is absent)."""
+        value = self.options.get(key)
+        return None if value is None else _resolve(value, os.path.dirname(self.path))
+
     def where(self, key: str) -> tuple[str, int | None]:
         """``(path, line)`` of a key, for errors about its value."""
         return self.path, self.lines.get(key)

@@ -1,0 +1,191 @@
+"""``netspec map DATA CFG --weights W``: what ``darknet detector map`` prints, on a labelled set.
+
+The ``valid`` list of ``DATA`` (or a COCO ``instances_*.json`` given as ``valid``) streams through a DataLoader: each
+image is read, resized as Darknet does (``resize_image``, or ``letterbox_image`` with ``--letter-box``), run through
+the fused network in batches, and only its detections above 0.005 are kept (see netspec/evaluate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from ..errors import DataError, DataWarning, NetspecError
+from .common import add_cfg_arguments, cfg_source, limits_from, positive_int, print_warnings
+
+
+def _points(text: str) -> int:
+    if text not in ("0", "11", "101"):
+        raise argparse.ArgumentTypeError(f"expected 0 (area under the curve), 11 or 101, got {text!r}")
+    return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="Darknet .data file (classes, valid, names); valid may be a COCO instances json")
+    add_cfg_arguments(parser)
+    parser.add_argument("--weights", metavar="FILE", required=True, help="Darknet .weights file")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+    parser.add_argument("--points", type=_points, default=0,
+                        help="0: area under the curve at each unique recall (default); 11 or 101 recall points")
+    parser.add_argument("--iou-thresh", type=_fraction, default=0.5, help="IoU for a match (default 0.5)")
+    parser.add_argument("--thresh", type=_fraction, default=0.25,
+                        help="confidence for the precision/recall/F1/TP/FP line (default 0.25)")
+    parser.add_argument("--letter-box", action=argparse.BooleanOptionalAction, default=None,
+                        help="letterbox the images (default: [net] letter_box)")
+    parser.add_argument("--coco", action="store_true",
+                        help="also COCO AP@[.5:.95], AP50, AP75 and by size (pycocotools: pip install 'netspec[coco]')")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2; 0: in this one)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load_net(args: argparse.Namespace):
+    from ..builder import build_spec
+    from ..materialize import assemble_uninitialized, load_initializing_rest
+
+    net = assemble_uninitialized(build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
+                                            limits=limits_from(args)))
+    print_warnings(net.warnings)
+    if not net.is_detector:
+        raise NetspecError(f"{args.cfg}: not a detector (map needs [yolo], [region] or [detection] heads)")
+    report = load_initializing_rest(net, args.weights, strict=not args.lenient, allow_nonfinite=args.allow_nonfinite)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return net
+
+
+def _head_classes(net) -> int | None:
+    return getattr(net.spec.layers[net.outputs[-1]].p, "classes", None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..datasets import labelled_set, read_data_config
+    from ..evaluate import MapAccumulator
+
+    data = read_data_config(args.data)
+    if data.valid is None:
+        raise DataError("no 'valid' (or 'train') list to evaluate", data.path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        labelled = labelled_set(data.valid, data.classes, data.names)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    difficult = None
+    if "difficult" in data.options:  # Darknet's VOC option: a list parallel to valid, labels of objects to ignore
+        from ..datasets import label_path, read_image_list
+
+        difficult = [label_path(p) for p in read_image_list(data.path_of("difficult"))]
+        if len(difficult) != len(labelled):
+            path, line = data.where("difficult")
+            raise DataError(f"the difficult list has {len(difficult)} images but valid has {len(labelled)}", path,
+                            line)
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as exc:
+        raise NetspecError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
+    net = _load_net(args)
+    head_classes = _head_classes(net)
+    if head_classes is not None and head_classes != data.classes:
+        path, line = data.where("classes")
+        raise DataError(f"classes={data.classes} but the cfg's last head has classes={head_classes}", path, line)
+    net.fuse()  # Darknet's map runs the fused network too
+    net.to(device).eval()
+    letterbox = bool(net.net.letter_box) if args.letter_box is None else args.letter_box
+    acc = MapAccumulator(data.classes, data.names, iou_thresh=args.iou_thresh, points=args.points,
+                         conf_thresh=args.thresh, coco=args.coco, coco_gt=labelled.coco)
+    evaluate_set(net, labelled, acc, letterbox=letterbox, batch=args.batch, workers=args.workers, device=device,
+                 progress=not args.quiet and sys.stderr.isatty(), difficult=difficult)
+    result = acc.result()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print("\n".join(result.darknet_lines()))
+    return 0
+
+
+class _Images:
+    """The labelled set as a torch Dataset: (index, network-sized image, (w, h), labels, error message)."""
+
+    def __init__(self, labelled, width: int, height: int, letterbox: bool, difficult: list[str] | None = None) -> None:
+        self.labelled, self.width, self.height, self.letterbox = labelled, width, height, letterbox
+        self.difficult = difficult
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int):
+        from ..datasets import read_labels
+        from ..images import letterbox, load_image, resize_image
+
+        try:
+            image = load_image(self.labelled.images[index])
+            size = (int(image.shape[2]), int(image.shape[1]))
+            fit = letterbox if self.letterbox else resize_image
+            labels = self.labelled.read_labels(index)
+            difficult = None
+            if self.difficult is not None:
+                difficult = read_labels(self.difficult[index], self.labelled.classes)
+            return index, fit(image, self.width, self.height), size, labels, difficult, None
+        except NetspecError as exc:  # reported by the main process as one line (not a worker traceback)
+            return index, None, None, None, None, str(exc)
+
+
+def _collate(samples):
+    return samples
+
+
+def evaluate_set(net, labelled, acc, *, letterbox: bool, batch: int = 8, workers: int = 0, device=None,
+                 progress: bool = False, difficult: list[str] | None = None) -> None:
+    """Stream ``labelled`` (a :class:`~netspec.datasets.LabelledSet`) through ``net`` (eval mode) into ``acc``
+    (a :class:`~netspec.evaluate.MapAccumulator`); ``difficult``: label files parallel to the images."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..detection import darknet_detections
+
+    _, height, width = net.input_shape
+    device = device or next(net.parameters()).device
+    workers = min(workers, os.cpu_count() or 1, len(labelled))
+    loader = DataLoader(_Images(labelled, width, height, letterbox, difficult), batch_size=batch,
+                        num_workers=max(workers, 0), collate_fn=_collate)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(labelled), unit="img", file=sys.stderr, desc="map")
+    try:
+        for samples in loader:
+            for *_, error in samples:
+                if error is not None:
+                    raise NetspecError(error)
+            images = torch.stack([s[1] for s in samples]).to(device)
+            sizes = [s[2] for s in samples]
+            with torch.inference_mode():
+                dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45,
+                                          letterbox=letterbox)
+            for (index, _, size, labels, hard, _), d in zip(samples, dets):
+                image_id = labelled.coco["_netspec_image_ids"][index] if labelled.coco else None
+                acc.add(d.boxes, d.probs, labels, image_size=size, image_id=image_id, difficult=hard)
+            if bar is not None:
+                bar.update(len(samples))
+    finally:
+        if bar is not None:
+            bar.close()
