@@ -190,13 +190,14 @@ class MapAccumulator:
             raise ValueError(f"truth class ids must be in 0..{self.classes - 1}")
         truth_index = torch.full_like(cls, -1)
         best_iou = torch.zeros_like(p)
-        if n and p.numel():
-            iou = darknet_box_iou(det_boxes, truth[:, 1:5])
-            valid = (iou > self.iou_thresh) & (cls[:, None] == truth_class[None, :])
+        candidates = torch.nonzero(torch.isin(cls, truth_class), as_tuple=True)[0] if n else cls[:0]
+        if candidates.numel():  # IoU only for detections of a class present in this image's truth
+            iou = darknet_box_iou(det_boxes[candidates], truth[:, 1:5])
+            valid = (iou > self.iou_thresh) & (cls[candidates, None] == truth_class[None, :])
             best = torch.argmax(torch.where(valid, iou, torch.full_like(iou, -1.0)), 1)  # first best on ties
             matched = valid.any(1)
-            truth_index = torch.where(matched, best, truth_index)
-            best_iou = torch.where(matched, iou.gather(1, best[:, None])[:, 0], best_iou)
+            truth_index[candidates] = torch.where(matched, best, truth_index[candidates])
+            best_iou[candidates] = torch.where(matched, iou.gather(1, best[:, None])[:, 0], best_iou[candidates])
         matched = truth_index >= 0
         # At conf_thresh: TP when no earlier detection of this image (any probability) matched the same truth.
         position = torch.arange(p.numel(), device=p.device)
@@ -251,12 +252,13 @@ class MapAccumulator:
         first = torch.full((max(self._truths, 1),), d, dtype=torch.int64)
         first = first.scatter_reduce(0, truth_index[matched], position[matched], reduce="amin")
         is_tp = matched & (first[truth_index.clamp(min=0)] == position)
+        by_class = torch.argsort(classes, stable=True)  # rank order kept within each class
+        tp_by_class = is_tp[by_class].split(torch.bincount(classes, minlength=self.classes).tolist())
         per_class = []
-        for c in range(self.classes):
-            mine = classes == c
-            ap = average_precision(is_tp[mine], int(self._truths_per_class[c]), self.points)
+        for c, tp_flags in enumerate(tp_by_class):
+            ap = average_precision(tp_flags, int(self._truths_per_class[c]), self.points)
             per_class.append(ClassResult(c, self.names[c], ap, int(self._tp_at[c]), int(self._fp_at[c]),
-                                         int(self._truths_per_class[c]), int(mine.sum())))
+                                         int(self._truths_per_class[c]), tp_flags.numel()))
         tp, fp = int(self._tp_at.sum()), int(self._fp_at.sum())
         fn = self._truths - tp
         precision = tp / (tp + fp) if tp + fp else 0.0
