@@ -67,3 +67,53 @@ def print_warnings(warnings: Iterable[object], stream: TextIO | None = None) -> 
     stream = stream or sys.stderr
     for w in warnings:
         print(str(w), file=stream)
+
+
+def fraction(text: str) -> float:
+    """argparse type for thresholds in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {value}")
+    return value
+
+
+def torch_device(name: str):
+    """``--device``: a torch device that exists here, or a NetspecError naming the problem."""
+    import torch
+
+    from ..errors import NetspecError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise NetspecError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NetspecError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def load_detector(args: argparse.Namespace, command: str):
+    """The network of ``args.cfg`` with ``args.weights`` loaded (``add_cfg_arguments`` + ``add_weights_arguments``);
+    a cfg without detection heads is an error naming ``command``."""
+    from ..builder import build_spec
+    from ..errors import NetspecError
+    from ..materialize import assemble_uninitialized, load_initializing_rest
+
+    spec = build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
+                      limits=limits_from(args))
+    net = assemble_uninitialized(spec)
+    print_warnings(net.warnings)
+    report = load_initializing_rest(net, args.weights, upto=args.upto, strict=not args.lenient,
+                                    allow_nonfinite=args.allow_nonfinite)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.last_layer < len(net.layers) - 1:
+        print(f"warning: {args.weights} filled layers 0..{report.last_layer} only: the layers after it are random, "
+              "so are their detections", file=sys.stderr)
+    if not net.is_detector:
+        raise NetspecError(f"{args.cfg}: not a detector (no [yolo], [Gaussian_yolo], [region] or [detection] "
+                           f"layer); netspec {command} needs one")
+    return net

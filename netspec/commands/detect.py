@@ -15,17 +15,7 @@ import sys
 import time
 
 from ..errors import NetspecError
-from .common import add_cfg_arguments, add_weights_arguments, cfg_source, limits_from, positive_int, print_warnings
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {value}")
-    return value
+from .common import add_cfg_arguments, add_weights_arguments, fraction, load_detector, positive_int, torch_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--data", metavar="OBJ.DATA", help="Darknet .data file whose names= gives the class names")
     names.add_argument("--names", metavar="FILE", help="class names file, one a line (default: class ids)")
-    parser.add_argument("--thresh", type=_fraction, default=0.25, help="objectness/probability threshold (0.25)")
-    parser.add_argument("--hier-thresh", type=_fraction, default=0.5,
+    parser.add_argument("--thresh", type=fraction, default=0.25, help="objectness/probability threshold (0.25)")
+    parser.add_argument("--hier-thresh", type=fraction, default=0.5,
                         help="hierarchical threshold (0.5; Darknet's detector test decodes without it)")
-    parser.add_argument("--nms", type=_fraction, default=0.45, help="NMS threshold (0.45; 0 turns NMS off)")
+    parser.add_argument("--nms", type=fraction, default=0.45, help="NMS threshold (0.45; 0 turns NMS off)")
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the images instead of stretching them ([net] letter_box=1 implies it)")
     parser.add_argument("--out", metavar="FILE.json", help="write Darknet's -out JSON (a list of frames)")
@@ -77,39 +67,6 @@ def _class_names(args: argparse.Namespace, classes: int) -> list[str]:
     return names
 
 
-def _load_network(args: argparse.Namespace):
-    from ..builder import build_spec
-    from ..materialize import assemble_uninitialized, load_initializing_rest
-
-    spec = build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
-                      limits=limits_from(args))
-    net = assemble_uninitialized(spec)
-    print_warnings(net.warnings)
-    report = load_initializing_rest(net, args.weights, upto=args.upto, strict=not args.lenient,
-                                    allow_nonfinite=args.allow_nonfinite)
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if report.last_layer < len(net.layers) - 1:
-        print(f"warning: {args.weights} filled layers 0..{report.last_layer} only: the layers after it are random, "
-              "so are their detections", file=sys.stderr)
-    if not net.is_detector:
-        raise NetspecError(f"{args.cfg}: not a detector (no [yolo], [Gaussian_yolo], [region] or [detection] "
-                           "layer); netspec detect needs one")
-    return net
-
-
-def _device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise NetspecError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NetspecError(f"--device {name}: no CUDA device is available")
-    return device
-
-
 def _save_path(directory: str, image_path: str, taken: set[str]) -> str:
     stem = os.path.splitext(os.path.basename(image_path))[0] or "image"
     name, n = f"{stem}.jpg", 1
@@ -125,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from ..detect_report import draw_detections, json_objects, text_lines
     from ..detection import darknet_detections, prepare_images
 
-    device = _device(args.device)
+    device = torch_device(args.device)
     paths = _expand_images(args.images)
-    net = _load_network(args)
+    net = load_detector(args, "detect")
     classes = int(net.layers[net.outputs[-1]].classes)
     names = _class_names(args, classes)
     net.fuse()  # inference fast path: BN folded into the convolutions

@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from ..errors import DataError, DataWarning, NetspecError
-from .common import add_cfg_arguments, cfg_source, limits_from, positive_int, print_warnings
+from .common import add_cfg_arguments, add_weights_arguments, fraction, load_detector, positive_int, torch_device
 
 
 def _points(text: str) -> int:
@@ -23,25 +23,14 @@ def _points(text: str) -> int:
     return int(text)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="Darknet .data file (classes, valid, names); valid may be a COCO instances json")
     add_cfg_arguments(parser)
-    parser.add_argument("--weights", metavar="FILE", required=True, help="Darknet .weights file")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+    add_weights_arguments(parser, "the parameters", required=True)
     parser.add_argument("--points", type=_points, default=0,
                         help="0: area under the curve at each unique recall (default); 11 or 101 recall points")
-    parser.add_argument("--iou-thresh", type=_fraction, default=0.5, help="IoU for a match (default 0.5)")
-    parser.add_argument("--thresh", type=_fraction, default=0.25,
+    parser.add_argument("--iou-thresh", type=fraction, default=0.5, help="IoU for a match (default 0.5)")
+    parser.add_argument("--thresh", type=fraction, default=0.25,
                         help="confidence for the precision/recall/F1/TP/FP line (default 0.25)")
     parser.add_argument("--letter-box", action=argparse.BooleanOptionalAction, default=None,
                         help="letterbox the images (default: [net] letter_box)")
@@ -54,27 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _load_net(args: argparse.Namespace):
-    from ..builder import build_spec
-    from ..materialize import assemble_uninitialized, load_initializing_rest
-
-    net = assemble_uninitialized(build_spec(cfg_source(args.cfg), args.width, args.height, strict=not args.lenient,
-                                            limits=limits_from(args)))
-    print_warnings(net.warnings)
-    if not net.is_detector:
-        raise NetspecError(f"{args.cfg}: not a detector (map needs [yolo], [region] or [detection] heads)")
-    report = load_initializing_rest(net, args.weights, strict=not args.lenient, allow_nonfinite=args.allow_nonfinite)
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return net
-
-
 def _head_classes(net) -> int | None:
     return getattr(net.spec.layers[net.outputs[-1]].p, "classes", None)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..datasets import labelled_set, read_data_config
     from ..evaluate import MapAccumulator
@@ -96,12 +69,8 @@ def run(args: argparse.Namespace) -> int:
             path, line = data.where("difficult")
             raise DataError(f"the difficult list has {len(difficult)} images but valid has {len(labelled)}", path,
                             line)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as exc:
-        raise NetspecError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
-    net = _load_net(args)
+    device = torch_device(args.device)
+    net = load_detector(args, "map")
     head_classes = _head_classes(net)
     if head_classes is not None and head_classes != data.classes:
         path, line = data.where("classes")
