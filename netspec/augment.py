@@ -17,7 +17,9 @@ boxes land where Darknet puts them):
 * ``gaussian_noise``: with probability 1/2, 8-bit Gaussian noise of that standard deviation (as OpenCV's
   ``randn`` into an 8-bit image: negative draws clip to 0, so the noise only brightens).
 * ``mosaic`` (+ ``mosaic_bound``): with probability 1/2, four pictures, each augmented as above, tiled around a
-  random cut point; ``mosaic_bound`` clips boxes to their tile.
+  random cut point; ``mosaic_bound`` clips boxes to their tile.  With ``letter_box`` too, each tile is
+  letterboxed first: Darknet supported the pair from June 2020 (the scaled-YOLOv4 cfgs, yolov4-csp/p5/p6, use
+  it) until a 2023 clean-up turned its commented-out refusal back into an error.
 * ``mixup``: with probability 1/2, the average of two augmented pictures with both sets of boxes.
 
 Truth boxes follow ``fill_truth_detection``/``correct_boxes``: shuffled, moved with the crop offsets and the
@@ -118,9 +120,6 @@ class AugmentSettings:
         if flags["mosaic"] and flags["mixup"]:
             errors.append(at("mixup", "mixup=1 has no effect with mosaic=1 (Darknet then does mosaic only); "
                                       "remove one of them"))
-        if flags["mosaic"] and flags["letter_box"]:
-            errors.append(at("letter_box", "letter_box=1 with mosaic=1 is not supported (Darknet stops on it); "
-                                           "use one of them"))
         if flags["mosaic_bound"] and not flags["mosaic"]:
             errors.append(at("mosaic_bound", "mosaic_bound=1 does nothing without mosaic=1"))
         for key in ("saturation", "exposure"):
