@@ -33,6 +33,7 @@ _LAZY = {
     "save_parameters": "netspec.params_io",
     "detect": "netspec.detection",
     "darknet_detections": "netspec.detection",
+    "DetectError": "netspec.detection",
     "load_darknet_weights": "netspec.weights",
     "save_darknet_weights": "netspec.weights",
     "export_onnx": "netspec.onnx_export",

@@ -204,3 +204,40 @@ def test_detections_stay_on_the_device():
     assert len(dets[0]) == 1 and len(dets[1]) == 0
     (found,) = netspec.detect(net, torch.zeros(1, 3, 32, 64, device="cuda"), conf_thresh=0.5)
     assert found.boxes.is_cuda and found.classes.is_cuda
+
+
+class _FactoryDevices(torch.overrides.TorchFunctionMode):
+    """Records the factory calls (zeros, arange, full, tensor, ...) made without an explicit device."""
+
+    FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor, torch.linspace,
+                 torch.eye, torch.randn, torch.rand}
+
+    def __init__(self):
+        super().__init__()
+        self.missing = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            self.missing.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+def test_detection_creates_every_tensor_on_the_input_device():
+    """CUDA inputs must not meet CPU tensors: every tensor the decoding and NMS make names the device."""
+    from netspec.nms import darknet_nms
+
+    net = _tiny_detector()
+    x = torch.zeros(2, 3, 32, 64)
+    x[0, 0, 8, 40] = 1.0
+    x[0, 0, 9, 41] = 1.0
+    boxes = torch.rand(50, 4) * 0.3 + 0.2
+    probs = torch.rand(50, 3)
+    with _FactoryDevices() as mode:
+        netspec.darknet_detections(net, x, thresh=0.5)
+        netspec.detect(net, x, conf_thresh=0.5)
+        darknet_nms(boxes, probs, 0.45)
+        darknet_nms(boxes, probs.repeat(1, 10), 0.45, "diounms")
+        darknet_nms(boxes, probs, -0.5)
+        darknet_nms(boxes[:0], probs[:0], 0.45)
+    assert mode.missing == []
