@@ -126,6 +126,8 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
     if len(image_sizes) != n:
         raise DetectError(f"{n} images but {len(image_sizes)} image_sizes")
     letterbox = bool(letterbox or net.net.letter_box)
+    if n == 0:
+        return []
     decoded = [module.decode_boxes(buf) for module, buf in zip(heads, _forward(net, images))]
     last = decoded[-1]
     results = []
