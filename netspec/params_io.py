@@ -35,12 +35,15 @@ def file_format(path: str | os.PathLike, *, reading: bool) -> str:
     try:
         with open(name, "rb") as fh:
             head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         raise NetspecError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    # safetensors: u64 header length, then a JSON header.  Checked first: the length's low byte can be
+    # 0x80 or "P" (a 13,184-byte header starts b"\x80\x33"), which would look like torch's containers.
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return NETSPEC
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip container, or a legacy pickle
         return TORCH
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
-        return NETSPEC
     return DARKNET
 
 

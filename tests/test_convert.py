@@ -12,7 +12,7 @@ import torch
 import netspec
 from netspec.cli import main
 
-from .conftest import CFGS, CONFORMANCE, need_shared
+from .conftest import CFGS, CONFORMANCE, DARKNET_CFGS, need_shared
 
 # kitchen-sink: weighted shortcuts, [implicit], shared convs; -cls: [connected] with BN, [local], [batchnorm]
 ROUND_TRIP_NETS = ["yolov4-tiny", "kitchen-sink", "kitchen-sink-cls"]
@@ -95,3 +95,25 @@ def test_unwritable_output_is_exit_3(tmp_path):
     rc = main(["convert", str(tmp_path / "a.weights"), "--cfg", str(CFGS / "yolov3-tiny.cfg"), "--width", "96",
                "--height", "96", "-o", str(tmp_path / "missing" / "b.weights")])
     assert rc == 3
+
+
+@pytest.mark.parametrize("length", [0x3380, 0x4B50])  # low bytes 0x80 (a pickle's first byte), b"PK" (zip's)
+def test_safetensors_header_lengths_that_look_like_torch_files_are_read_as_safetensors(length, tmp_path):
+    from netspec.params_io import NETSPEC, file_format
+
+    header = b'{"__metadata__":{"pad":"' + b" " * (length - 27) + b'"}}'
+    assert len(header) == length
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(length.to_bytes(8, "little") + header)
+    assert file_format(path, reading=True) == NETSPEC
+
+
+def test_recurrent_net_weights_safetensors_weights_is_byte_identical(tmp_path):
+    """yolov3-tiny_occlusion_track's export has a 0x3380-byte header (it was taken for a pickle)."""
+    cfg = need_shared(DARKNET_CFGS / "yolov3-tiny_occlusion_track.cfg")
+    net = netspec.build(cfg, seed=3)
+    original, st, back = tmp_path / "a.weights", tmp_path / "a.safetensors", tmp_path / "b.weights"
+    netspec.save_darknet_weights(net, original)
+    assert main(["convert", str(original), "--cfg", str(cfg), "-o", str(st)]) == 0
+    assert main(["convert", str(st), "-o", str(back)]) == 0
+    assert back.read_bytes() == original.read_bytes()
