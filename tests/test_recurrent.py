@@ -429,3 +429,25 @@ def test_every_recurrent_section_exports_to_onnx(tmp_path):
         x = torch.randn(batch, 5, 1, 1)
         (got,) = session.run(None, {"images": x.numpy()})
         np.testing.assert_allclose(got, forward(net, x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_training_batch_norm_statistics_are_per_time_step():
+    """Darknet runs each inner layer once per step on that step's B samples, so BN's batch statistics (in
+    training) are those of one step, never of the whole T*B batch."""
+    net = build("[rnn]\noutput=3\nhidden=4\nbatch_normalize=1\nactivation=linear\nlogistic=0\n").train()
+    randomize(net)
+    m = net.layers[0]
+
+    def step_bn(layer, v):  # this step's mean and (biased, as torch's) variance
+        y = v @ layer.linear.weight.T
+        y = (y - y.mean(0)) / torch.sqrt(y.var(0, unbiased=False) + 1e-5)
+        return y * layer.bn.weight + layer.bn.bias
+
+    x = torch.randn(T * 4, 5, 1, 1)
+    state = torch.zeros(4, 4)
+    expected = []
+    for x_t in steps_of(x):
+        state = step_bn(m.input_layer, x_t.flatten(1)) + step_bn(m.self_layer, state)
+        expected.append(step_bn(m.output_layer, state))
+    got = forward(net, x)
+    torch.testing.assert_close(got.flatten(1), torch.cat(expected), rtol=1e-4, atol=1e-5)
