@@ -43,6 +43,8 @@ _LAZY = {
     "SpecError": "netspec.sections.base",
     "Inference": "netspec.sections.base",
     "InitTarget": "netspec.sections.base",
+    "TargetError": "netspec.loss",
+    "TrainError": "netspec.train",
     "load_image": "netspec.images",
     "resize_image": "netspec.images",
     "letterbox": "netspec.images",

@@ -4,7 +4,9 @@ is annotated (parameters and return), and every error class netspec defines is a
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 import netspec
 import netspec.errors
@@ -52,3 +54,19 @@ def test_every_error_class_is_a_netspec_error_exported_from_netspec():
     for cls in errors:
         assert issubclass(cls, netspec.NetspecError), cls
         assert getattr(netspec, cls.__name__) is cls and cls.__name__ in netspec.__all__, cls
+
+
+def test_every_netspec_error_defined_anywhere_is_exported():
+    internal = {"KeyValueError", "SpecError", "_NotSimple"}  # raised and caught inside netspec (SpecError:
+    # raised by section definitions, reported as a CfgError at the key)
+    missing = []
+    for info in pkgutil.walk_packages(netspec.__path__, "netspec."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception) and not issubclass(obj, Warning)
+                    and obj.__module__ == info.name and name not in internal):
+                if not issubclass(obj, netspec.NetspecError) or getattr(netspec, name, None) is not obj:
+                    missing.append(f"{info.name}.{name}")
+    assert not missing, missing
