@@ -717,3 +717,19 @@ def test_xnor_layers_train_straight_through():
     loss.backward()
     for name, param in net.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+
+
+def test_truths_compared_in_chunks_give_the_same_loss(monkeypatch):
+    from netspec.sections import yolo_loss
+
+    net = netspec.build(_yolo_cfg("truth_thresh=0.3\nignore_thresh=0.2", classes=3))
+    torch.manual_seed(4)
+    x = torch.randn(3, 24, 4, 4)
+    x[:, [5, 13, 21]] += 2
+    results = []
+    for chunk in (1 << 23, 1):  # all truths at once, then one truth at a time
+        monkeypatch.setattr(yolo_loss, "_IOU_CHUNK_ELEMENTS", chunk)
+        xi = x.clone().requires_grad_()
+        DetectionLoss(net)([xi], _truth_rows(_CROWD))[0].backward()
+        results.append(xi.grad)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)

@@ -33,12 +33,32 @@ from .head_loss import (
 
 _SIGMA_CONST = 0.3  # Gaussian YOLOv3's constant added to the predicted sigma
 _EPSI = 1e-9
+_IOU_CHUNK_ELEMENTS = 1 << 23  # cells x truths compared at once (bounds the memory of the IoU matrix)
 
 
 def _first_max(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over the last dim and the FIRST index reaching it (Darknet keeps the first of equal scores)."""
     best, index = values.max(-1)  # torch documents the first maximal index
     return best, index
+
+
+def _best_truth(pred: torch.Tensor, tboxes: torch.Tensor, tvalid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every predicted box ``(B, cells, 1, 4)``: the best IoU with a truth of its image and the first truth
+    reaching it, flattened to ``(B * cells,)``.  Truths are taken in chunks so memory stays bounded."""
+    b_, cells = pred.shape[:2]
+    t_ = tboxes.shape[1]
+    step = max(1, _IOU_CHUNK_ELEMENTS // max(1, b_ * cells))
+    best_iou = best_t = None
+    for s in range(0, t_, step):
+        ious = torch.where(tvalid[:, None, s:s + step], box_iou(pred, tboxes[:, None, s:s + step]), 0.0)
+        chunk_iou, chunk_t = _first_max(ious)
+        if best_iou is None:
+            best_iou, best_t = chunk_iou, chunk_t
+        else:
+            better = chunk_iou > best_iou  # strictly: an earlier truth keeps a tie
+            best_iou = torch.where(better, chunk_iou, best_iou)
+            best_t = torch.where(better, chunk_t + s, best_t)
+    return best_iou.reshape(-1), best_t.reshape(-1)
 
 
 class YoloLoss:
@@ -294,11 +314,7 @@ class YoloLoss:
                 bad = ~torch.isfinite(out[:, ob]) & has_truth[cb]
                 out[:, ob] = torch.where(bad, torch.zeros_like(out[:, ob]), out[:, ob])
             pred = self._pred_boxes(out, ci, cj, row_anchor, lw, lh, net_w, net_h).view(b_, cells, 1, 4)
-            ious = torch.cat([torch.where(tvalid[:, None, s:s + 32],
-                                          box_iou(pred, tboxes[:, None, s:s + 32]), 0.0)
-                              for s in range(0, t_, 32)], -1)  # (B, cells, T), in chunks of truths
-            best_iou, best_t = _first_max(ious)
-            best_iou, best_t = best_iou.reshape(-1), best_t.reshape(-1)
+            best_iou, best_t = _best_truth(pred, tboxes, tvalid)
         else:
             best_iou = torch.zeros(n_rows, device=dev)
             best_t = torch.zeros(n_rows, dtype=torch.long, device=dev)
