@@ -222,14 +222,15 @@ def test_multi_scale_input_uses_the_resized_network_size():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _train_step(cfg, size):
-    net = netspec.build(str(cfg), width=size, height=size)
+def _train_step(cfg, size, strict=True, net=None):
+    net = net if net is not None else netspec.build(str(cfg), width=size, height=size, strict=strict)
     net.train()
     c = net.input_shape[0]
     x = torch.rand(2, c, size, size)
-    classes = DetectionLoss(net).class_limit
+    loss_fn = DetectionLoss(net)
+    classes = loss_fn.class_limit
     t = _targets([0, 0, 0.5, 0.5, 0.4, 0.3], [0, classes - 1, 0.2, 0.7, 0.1, 0.2], [1, 0, 0.8, 0.3, 0.3, 0.6])
-    loss, stats = DetectionLoss(net)(net(x), t)
+    loss, stats = loss_fn(net(x), t)
     loss.backward()
     assert math.isfinite(loss.item())
     # the layers a head's gradient reaches (not dead branches, not behind stopbackward/onlyforward)
@@ -268,10 +269,10 @@ def _official_detectors():
     if not DARKNET_CFGS.exists():
         return []
     names = []
-    for path in sorted(DARKNET_CFGS.glob("*.cfg")):
+    for path in sorted(DARKNET_CFGS.rglob("*.cfg")):
         text = path.read_text(errors="replace")
         if any(f"[{h}]" in text for h in ("yolo", "Gaussian_yolo", "region", "detection")):
-            names.append(path.name)
+            names.append(str(path.relative_to(DARKNET_CFGS)))
     return names
 
 
@@ -279,12 +280,21 @@ def _official_detectors():
 @pytest.mark.parametrize("name", _official_detectors() or ["(none)"])
 def test_end_to_end_official_detectors(name):
     path = need_shared(DARKNET_CFGS / name) if name != "(none)" else need_shared(DARKNET_CFGS / "missing")
+    strict = True
     try:
-        net = netspec.build(str(path), width=128, height=128)
+        netspec.build_spec(str(path), width=128, height=128)
     except NetspecError as exc:
-        pytest.skip(f"does not build: {str(exc).splitlines()[0]}")
-    del net
-    _train_step(path, 128)
+        if "--lenient" not in str(exc):  # a cfg netspec cannot build at all (e.g. recurrent sections)
+            pytest.skip(f"does not build: {str(exc).splitlines()[0]}")
+        strict = False  # Darknet accepts it: train it as Darknet would
+    net = netspec.build(str(path), width=128, height=128, strict=strict)
+    try:
+        DetectionLoss(net)
+    except CfgError as exc:
+        if "not found" not in str(exc):  # a file the cfg names (tree=, map=) that ../shared does not hold
+            raise
+        pytest.skip(str(exc).splitlines()[0])
+    _train_step(path, 128, net=net)
 
 
 # ---------------------------------------------------------------------------------------------- [region], [detection]
@@ -733,3 +743,17 @@ def test_truths_compared_in_chunks_give_the_same_loss(monkeypatch):
         DetectionLoss(net)([xi], _truth_rows(_CROWD))[0].backward()
         results.append(xi.grad)
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+def test_a_one_cell_grid_does_not_alias_the_head_input():
+    # new_coords heads apply no activation; on a 1x1 grid the loss's rows once shared the head input's memory
+    cfg = ("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=21\nsize=1\nstride=8\n"
+           "activation=logistic\n[yolo]\nmask=0,1,2\nanchors=2,2,4,4,8,8\nnum=3\nclasses=2\nnew_coords=1\n"
+           "scale_x_y=2\n")
+    net = netspec.build(cfg).train()
+    heads = net(torch.rand(2, 3, 8, 8))
+    before = heads[0].detach().clone()
+    loss, _ = DetectionLoss(net)(heads, _targets([0, 1, 0.5, 0.5, 0.3, 0.3]))
+    torch.testing.assert_close(heads[0].detach(), before, rtol=0, atol=0)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())

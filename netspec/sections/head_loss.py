@@ -141,7 +141,9 @@ def anchor_rows(x: torch.Tensor, anchors: int, entries: int, label: str) -> Anch
     b_, c_, lh, lw = x.shape
     if c_ != anchors * entries:
         raise ValueError(f"{label}: the head input has {c_} channels, expected {anchors * entries}")
-    values = x.detach().float().reshape(b_, anchors, entries, lh, lw).permute(0, 1, 3, 4, 2).reshape(-1, entries)
+    view = x.detach().reshape(b_, anchors, entries, lh, lw).permute(0, 1, 3, 4, 2)
+    # always a copy: the losses write into these rows, and on a 1x1 grid a reshape would alias the head input
+    values = torch.empty(view.shape, dtype=torch.float32, device=x.device).copy_(view).reshape(-1, entries)
     row = torch.arange(values.shape[0], device=x.device)
     return AnchorRows(values, (row % lw).float(), ((row // lw) % lh).float(), (row // (lw * lh)) % anchors,
                       row // (anchors * lh * lw), (b_, anchors, lh, lw, entries))
