@@ -208,6 +208,44 @@ def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor) ->
     return torch.where(earlier, first, second), torch.where(earlier, second, first)
 
 
+_ROUNDS = 64  # Darknet's walk for crowded classes: rounds of "keep each class's best, drop its overlaps"
+
+
+def _greedy_rounds(boxes: torch.Tensor, cls: torch.Tensor, score: torch.Tensor, thresh: float, kind: str,
+                   beta: float, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Darknet's walk, every class at once: each round keeps the best undecided item of each class and
+    suppresses the undecided items of its class that it overlaps.  Returns the suppressed mask and the items
+    still undecided (all ranked below every kept one, so they form an NMS problem of their own)."""
+    m = cls.numel()
+    dev = cls.device
+    by_score = torch.argsort(-score, stable=True)
+    live = _take(by_score, torch.argsort(_take(cls, by_score), stable=True))  # walk order, class by class
+    gone = torch.zeros(m, dtype=torch.bool, device=dev)
+    top_of = torch.zeros(int(cls.max().item()) + 1, dtype=torch.long, device=dev)
+    for _ in range(rounds):
+        if live.numel() == 0:
+            break
+        live_cls = _take(cls, live)
+        first = torch.ones_like(live_cls, dtype=torch.bool)
+        first[1:] = live_cls[1:] != live_cls[:-1]
+        (tops,) = _keep(first, live)
+        top_of.index_copy_(0, _take(cls, tops), tops)
+        rivals = _take(top_of, live_cls)
+        others, rivals = _keep(live != rivals, live, rivals)
+        hit = overlap_measure(_take(boxes, rivals), _take(boxes, others), kind, beta) > thresh
+        (dropped,) = _keep(hit, others)
+        gone.index_fill_(0, dropped, True)
+        (live,) = _keep(~hit, others)
+    return gone, live
+
+
+def _crowded(g: dict, cls: torch.Tensor, thresh: float) -> bool:
+    """Whether the sweep would examine many candidate pairs per item (clusters of overlapping boxes)."""
+    _, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, False)
+    m = cls.numel()
+    return int((ends - torch.arange(m, device=cls.device) - 1).clamp(min=0).sum().item()) > 64 * m
+
+
 def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: str = "default",
                 beta: float = 0.6) -> torch.Tensor:
     """Darknet's per-class NMS on ``boxes`` (K, 4) centre x, y, w, h and ``probs`` (K, C) (0 = absent):
@@ -216,27 +254,33 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     if kind not in NMS_KINDS:
         raise ValueError(f"unknown nms_kind {kind!r} (expected one of {', '.join(NMS_KINDS)})")
     out = probs.clone()
-    present = probs > 0
-    box_index, cls = torch.nonzero(present, as_tuple=True)  # items, box by box (the tie order)
+    box_index, cls = torch.nonzero(probs > 0, as_tuple=True)  # items, box by box (the tie order)
     m = box_index.numel()
     if m < 2:
         return out
     score = probs[box_index, cls]
     b = boxes.float()
     dense = thresh < 0 or not bool((torch.isfinite(b).all() & (b[:, 2:] > 0).all()).item())
-    active = torch.nonzero(present.any(1)).flatten()
+    item_boxes = _take(b, box_index)
     gone = torch.zeros(m, dtype=torch.bool, device=probs.device)
-    if m <= 6 * active.numel():
+    rest = torch.arange(m, device=probs.device)
+    if not dense and _crowded(_geometry(item_boxes), cls, thresh):
+        # crowded classes: walk Darknet's order for a few rounds first; what is left is resolved at once
+        gone, rest = _greedy_rounds(item_boxes, cls, score, thresh, kind, beta, _ROUNDS)
+    if rest.numel() < 2:
+        pass
+    elif rest.numel() <= 6 * torch.unique(_take(box_index, rest)).numel():
         # few classes per box: sweep the items themselves, classes side by side
-        first, second = _all_pairs(_geometry(_take(b, box_index)), cls, thresh, kind, beta, dense)
+        first, second = _all_pairs(_geometry(_take(item_boxes, rest)), _take(cls, rest), thresh, kind, beta, dense)
         if first.numel():
-            gone = ~_resolve(m, *_directed(first, second, score))
+            gone |= ~_resolve(m, *_directed(_take(rest, first), _take(rest, second), score))
     else:
         # many classes per box: overlaps are found once per pair of boxes, then shared by the classes
+        active = torch.unique(_take(box_index, rest))
         bi, bj = _all_pairs(_geometry(_take(b, active)), torch.zeros_like(active), thresh, kind, beta, dense)
         bi, bj = _take(active, bi), _take(active, bj)
         item = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)
-        item[box_index, cls] = torch.arange(m, device=probs.device)
+        item[_take(box_index, rest), _take(cls, rest)] = rest
         classes = probs.shape[1]
         group = max(1, _PAIR_BUDGET // max(bi.numel(), 1))
         for k0 in range(0, classes if bi.numel() else 0, group):

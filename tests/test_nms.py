@@ -137,3 +137,17 @@ def test_many_classes_per_box_share_the_box_overlaps(kind, budget, monkeypatch):
         want = reference_nms(boxes, probs, thresh, kind, 0.6)
         got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), thresh, kind, 0.6).numpy()
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 1000])
+@pytest.mark.parametrize("classes_per_box", [1, 8])
+def test_walking_rounds_then_resolving_the_rest_is_exact(rounds, classes_per_box, monkeypatch):
+    import netspec.nms
+
+    monkeypatch.setattr(netspec.nms, "_ROUNDS", rounds)
+    monkeypatch.setattr(netspec.nms, "_crowded", lambda *args: True)  # take the rounds path whatever the scene
+    boxes, probs = _scene(11, 120, 8, zero_fraction=0.0 if classes_per_box == 8 else 0.875)
+    for kind in ("default", "greedynms"):
+        want = reference_nms(boxes, probs, 0.45, kind, 0.6)
+        got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.45, kind).numpy()
+        np.testing.assert_array_equal(got, want)
