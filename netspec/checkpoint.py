@@ -388,7 +388,8 @@ def _layer_of(name: str) -> int:
 
 
 def _read(path: Path, skipped: list[tuple[Path, str]]) -> Checkpoint:
-    tensors, metadata = load_safetensors(path)
+    # netspec always writes a checksum: without one, a damaged file could load unverified
+    tensors, metadata = load_safetensors(path, require_checksum=True)
     if metadata.get("format") not in (FORMAT, WEIGHTS_FORMAT) and "netspec.cfg" not in metadata:
         raise CheckpointError(f"{path}: a safetensors file without netspec metadata (no cfg text)")
     return Checkpoint(path, tensors, metadata, skipped)

@@ -149,8 +149,9 @@ def _parse_header(head: bytes, read_header, file_size: int, path) -> tuple[dict,
     return header, 8 + size
 
 
-def _verify(path, header: dict, tensors: dict[str, torch.Tensor], read_data) -> dict[str, str]:
-    """The metadata without the checksum, after checking the checksum the file carries (if any)."""
+def _verify(path, header: dict, tensors: dict[str, torch.Tensor], read_data, required: bool) -> dict[str, str]:
+    """The metadata without the checksum, after checking the checksum the file carries (if any; ``required``:
+    a file without one is an error)."""
     metadata = dict(header.get("__metadata__", {}))
     expected = metadata.pop(CHECKSUM_KEY, None)
     legacy = metadata.pop(LEGACY_CHECKSUM_KEY, None)
@@ -159,6 +160,10 @@ def _verify(path, header: dict, tensors: dict[str, torch.Tensor], read_data) -> 
     elif legacy is not None:
         actual = _legacy_digest(header, metadata, read_data)
         expected = legacy
+    elif required:
+        # e.g. a bit flip in the checksum's own key: the file would otherwise load unverified
+        raise _fail(path, f"no netspec checksum ({CHECKSUM_KEY}) in the metadata: the file is damaged, or "
+                          "netspec did not write it")
     else:
         return metadata
     if actual != expected:
@@ -181,10 +186,11 @@ def _legacy_digest(header: dict, metadata: dict[str, str], read_data) -> str:
     return digest.hexdigest()
 
 
-def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(path: str | os.PathLike, *, require_checksum: bool = False
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read ``path``: ``(tensors, metadata)``, the tensors memory-mapped from the file.  Raises
     :class:`~netspec.errors.CheckpointError` for a file that is not safetensors, is truncated or padded,
-    or fails its netspec checksum."""
+    or fails its netspec checksum (or, with ``require_checksum``, has none)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -205,7 +211,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
                     begin += len(chunk)
                     yield chunk
 
-            metadata = _verify(path, header, tensors, read_data)
+            metadata = _verify(path, header, tensors, read_data, require_checksum)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror or exc}") from None
     except SafetensorError as exc:  # what the checks above let through (e.g. the file changed meanwhile)
@@ -213,7 +219,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
-def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<bytes>"
+def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<bytes>", *, require_checksum: bool = False
                       ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Decode a whole safetensors file held in memory, with the checks of :func:`load_safetensors`."""
     from safetensors import SafetensorError
@@ -225,7 +231,7 @@ def parse_safetensors(data: bytes | memoryview, path: str | os.PathLike = "<byte
         tensors = load(data)
     except SafetensorError as exc:
         raise _fail(path, f"damaged safetensors file ({exc})") from None
-    metadata = _verify(path, header, tensors, lambda b, e: [data[data_start + b:data_start + e]])
+    metadata = _verify(path, header, tensors, lambda b, e: [data[data_start + b:data_start + e]], require_checksum)
     return tensors, metadata
 
 

@@ -198,6 +198,16 @@ def test_tied_tensors_are_saved_once_per_name(tmp_path):
     assert torch.equal(loaded["z"], shared[:2])
 
 
+def test_a_checkpoint_whose_checksum_key_is_damaged_is_refused(tmp_path):
+    """The package writes metadata in any order, so a bit flip can hit the checksum's own key."""
+    net, _, _ = make()
+    data = save_checkpoint(tmp_path / "a.ckpt", net).read_bytes()
+    at = data.index(b"netspec.content_sha256") + len("netspec.content_sha25")
+    (tmp_path / "a.ckpt").write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
+    with pytest.raises(CheckpointError, match="no netspec checksum"):
+        load_checkpoint(tmp_path / "a.ckpt")
+
+
 def _legacy_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """A file as netspec wrote it before it used the safetensors package: its checksum covers the header as laid
     out and the data section."""
