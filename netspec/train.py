@@ -194,7 +194,7 @@ def evaluate(net, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
 class TrainingTask(Protocol):
     """The data and the loss of one kind of training; the loop does everything else.
 
-    ``steps(first, rank, world, subdivisions)`` yields, for optimizer steps ``first, first+1, ...`` (1-based),
+    ``steps(first, last, rank, world, subdivisions)`` yields, for optimizer steps ``first..last`` (1-based),
     the list of this process's mini-batches ``(inputs, targets)`` (``subdivisions`` of them), a pure function of
     the run's seed and the step.  ``loss(outputs, targets)`` returns the mean loss over the mini-batch's images
     and a dict of figures to log.  ``evaluate(net)`` (eval mode) returns metrics, ``{}`` without validation data;
@@ -205,7 +205,8 @@ class TrainingTask(Protocol):
     metric: str
     evaluate_at_end: bool  # evaluate after the last step even when no periodic evaluation was asked for
 
-    def steps(self, first: int, rank: int, world: int, subdivisions: int) -> Iterator[list[tuple[Any, Any]]]: ...
+    def steps(self, first: int, last: int, rank: int, world: int, subdivisions: int
+              ) -> Iterator[list[tuple[Any, Any]]]: ...
 
     def loss(self, outputs: Any, targets: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
 
@@ -219,17 +220,17 @@ class ClassifierTask:
     evaluate_at_end = True
 
     def __init__(self, net, data: Dataset, batch: int, seed: int) -> None:
+        _refuse_augmentation(net)
         self.data, self.name, self.images = data, data.name, len(data.x)
         self.batch = batch
         self.sampler = Sampler(len(data.x), batch, seed)
         self.logits = _logits_hook(net)
 
-    def steps(self, first: int, rank: int, world: int, subdivisions: int) -> Iterator[list[tuple[Any, Any]]]:
-        k = first
-        while True:
+    def steps(self, first: int, last: int, rank: int, world: int, subdivisions: int
+              ) -> Iterator[list[tuple[Any, Any]]]:
+        for k in range(first, last + 1):
             idx = self.sampler.indices(k - 1)[rank::world]
             yield [(self.data.x[c], self.data.y[c]) for c in idx.chunk(subdivisions)]
-            k += 1
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.logits.pop("logits", None)
@@ -242,6 +243,26 @@ class ClassifierTask:
             return {}
         device = next(net.parameters()).device
         return {"accuracy": evaluate(net, self.data.x_test.to(device), self.data.y_test.to(device))}
+
+
+def _refuse_augmentation(net) -> None:
+    """The classifier trainer feeds the images as they are: a cfg asking for augmentation is refused at its line."""
+    from .augment import DATA_KEYS_REFUSED, NET_DATA_KEYS
+    from .errors import CfgError, Problem
+    from .sections.base import net_section
+
+    p, keys = net.net, net_section().keys
+    problems = []
+    for key in (*NET_DATA_KEYS, *DATA_KEYS_REFUSED):
+        opt = p.option(key)
+        if opt is None:
+            continue
+        if getattr(p, key) != keys[key].default:
+            problems.append(Problem(f"[net]: {key}={opt.raw}: the classifier trainer does not augment images; "
+                                    "remove it (augmentation keys are honoured for detector cfgs)", net.spec.path,
+                                    opt.line, opt.col))
+    if problems:
+        raise CfgError(problems)
 
 
 # ----------------------------------------------------------------- training
@@ -285,6 +306,37 @@ def _autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None
 # [net] values the trainer's flags may override (name -> type)
 OVERRIDABLE = {"max_batches": int, "batch": int, "subdivisions": int, "learning_rate": float, "burn_in": int,
                "momentum": float, "decay": float, "policy": str}
+
+
+# [net] keys of Darknet's training engine that netspec's loop does not do: key -> (value meaning "off", why).
+# A cfg that sets one is refused at its line rather than trained differently (the data keys are
+# netspec.augment's, the head keys the loss's).  Speed/memory-only engine keys (use_cuda_graph,
+# optimized_memory, workspace_size_limit_MB) and display keys change no number and are accepted.
+LOOP_KEYS_REFUSED = {
+    "weights_reject_freq": (0, "Darknet's rejection of similar weights is not implemented by netspec"),
+    "badlabels_rejection_percentage": (0, "Darknet's bad-label rejection is not implemented by netspec"),
+    "num_sigmas_reject_badlabels": (0, "Darknet's bad-label rejection is not implemented by netspec"),
+    "equidistant_point": (0, "Darknet's equidistant point (bad-label rejection) is not implemented by netspec"),
+    "adversarial_lr": (0, "adversarial training is not implemented by netspec"),
+    "try_fix_nan": (0, "netspec does not patch NaN/Inf values; a non-finite loss stops the run instead"),
+    "dynamic_minibatch": (0, "Darknet's dynamic mini-batch is not implemented by netspec"),
+    "loss_scale": (1, "static fp16 loss scaling is not implemented; --amp fp16 scales the loss dynamically"),
+    "seq_scales": (None, "sequence-length scaling (recurrent training) is not implemented by netspec"),
+    "attention": (0, "Darknet's attention maps are not implemented by netspec"),
+}
+
+
+def _refuse_unhonoured_keys(net) -> None:
+    from .errors import CfgError, Problem
+
+    p, problems = net.net, []
+    for key, (off, why) in LOOP_KEYS_REFUSED.items():
+        if p.given(key) and getattr(p, key) != off:
+            opt = p.option(key)
+            problems.append(Problem(f"[net]: {key}={opt.raw}: {why}; remove it to train", net.spec.path, opt.line,
+                                    opt.col))
+    if problems:
+        raise CfgError(problems)
 
 
 def _apply_overrides(net, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +397,7 @@ class Trainer:
         self.net = build(cfg, seed=seed)
         self.stem = _stem(cfg)
         self.overrides = _apply_overrides(self.net, overrides or {})
+        _refuse_unhonoured_keys(self.net)
         p = self.net.net
         self.batch, self.subdivisions = p.batch, p.subdivisions
         if self.batch % (self.subdivisions * self.world):
@@ -398,9 +451,15 @@ class Trainer:
 
     def _make_task(self, data, workers: int) -> TrainingTask:
         if self.net.is_detector:
-            if isinstance(data, Dataset):
-                raise TrainError("a detector cfg trains on a Darknet obj.data file, not an in-memory Dataset")
-            raise TrainError("netspec train handles classifier cfgs; this cfg ends in detection heads")
+            if data is None or isinstance(data, Dataset) or data == "digits" or str(data).endswith(".npz"):
+                raise TrainError(f"{getattr(data, 'name', data)}: this cfg ends in detection heads; it trains on a "
+                                 "Darknet obj.data file (classes=, train=, valid=, names=), not a classifier dataset")
+            from .detector_training import DetectionTask
+
+            task = DetectionTask(self.net, data, seed=self.seed, workers=workers)
+            for warning in task.warnings:
+                self.log(f"warning: {warning}")
+            return task
         if data is None:
             raise TrainError("no training data: pass --data")
         dataset = data if isinstance(data, Dataset) else load_dataset(data, self.net.input_shape)
@@ -419,7 +478,7 @@ class Trainer:
         """The k-th optimizer step (1-based): its mean loss, the learning rate of parameter group 0 and the
         loss's figures (averaged over the step's mini-batches)."""
         if self._steps is None:
-            self._steps = self.task.steps(k, self.rank, self.world, self.subdivisions)
+            self._steps = self.task.steps(k, self.max_steps, self.rank, self.world, self.subdivisions)
         minibatches = next(self._steps)
         torch.manual_seed(_seed_of_step(self.seed, k, self.rank))
         lr = self.optimizer.param_groups[0]["lr"]  # what the optimizer really uses (group 0)
@@ -560,6 +619,10 @@ class Trainer:
             while self.step < self.max_steps:
                 k = self.step + 1
                 loss, lr, figures = self.train_step(k)
+                if not math.isfinite(loss):
+                    raise TrainError(f"iteration {k}: the loss is {loss} (lower learning_rate, raise burn_in, or "
+                                     f"check the labels); the last checkpoint in {self.out} is intact: fix and "
+                                     "--resume")
                 self.step = k
                 self.history.append([k, loss, lr])
                 avg = darknet_avg_loss(avg, loss)
@@ -624,18 +687,11 @@ def _to_device(obj: Any, device: torch.device) -> Any:
 
 
 def _load_weights(net, path: str | os.PathLike, upto: int | None) -> str:
-    """Initial parameters from a Darknet ``.weights`` file (``upto`` layers), a checkpoint or ``.safetensors``."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
-        if upto is not None:
-            raise TrainError("--upto cuts Darknet .weights files; a checkpoint or .safetensors loads whole")
-        ckpt = load_checkpoint(path)
-        report = ckpt.load_into(net, strict=True)
-        return f"loaded {os.fspath(path)}: {len(report.loaded)} tensors"
-    from .weights import load_darknet_weights
+    """Initial parameters: Darknet ``.weights`` (layers ``< upto``), a checkpoint or ``.safetensors``."""
+    from .params_io import load_parameters
 
-    return str(load_darknet_weights(net, path, upto=upto))
+    report = load_parameters(net, path, upto)
+    return "\n".join([str(report), *(f"warning: {w}" for w in report.warnings)])
 
 
 def train(cfg, data: str | Dataset | None, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

