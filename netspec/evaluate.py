@@ -339,3 +339,78 @@ def evaluate_map(samples, classes: int, names: list[str] | None = None, **kwargs
         boxes, probs, truth, *rest = sample
         acc.add(boxes, probs, truth, image_size=rest[0] if rest else None)
     return acc.result()
+
+
+# ----------------------------------------------------------------- a labelled set through a network
+class _Images:
+    """The labelled set as a torch Dataset: (index, network-sized image, (w, h), labels, error message)."""
+
+    def __init__(self, labelled, width: int, height: int, letterbox: bool, difficult: list[str] | None = None) -> None:
+        self.labelled, self.width, self.height, self.letterbox = labelled, width, height, letterbox
+        self.difficult = difficult
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int):
+        from .datasets import read_labels
+        from .errors import NetspecError
+        from .images import letterbox, load_image, resize_image
+
+        try:
+            image = load_image(self.labelled.images[index])
+            size = (int(image.shape[2]), int(image.shape[1]))
+            fit = letterbox if self.letterbox else resize_image
+            labels = self.labelled.read_labels(index)
+            difficult = None
+            if self.difficult is not None:
+                difficult = read_labels(self.difficult[index], self.labelled.classes)
+            return index, fit(image, self.width, self.height), size, labels, difficult, None
+        except NetspecError as exc:  # reported by the main process as one line (not a worker traceback)
+            return index, None, None, None, None, str(exc)
+
+
+def _collate(samples):
+    return samples
+
+
+def evaluate_set(net, labelled, acc, *, letterbox: bool, batch: int = 8, workers: int = 0, device=None,
+                 progress: bool = False, difficult: list[str] | None = None) -> None:
+    """Stream ``labelled`` (a :class:`~netspec.datasets.LabelledSet`) through ``net`` (eval mode) into ``acc``
+    (a :class:`~netspec.evaluate.MapAccumulator`); ``difficult``: label files parallel to the images."""
+    import os
+    import sys
+
+    from torch.utils.data import DataLoader
+
+    from .detection import darknet_detections
+    from .errors import NetspecError
+
+    _, height, width = net.input_shape
+    device = device or next(net.parameters()).device
+    workers = min(workers, os.cpu_count() or 1, len(labelled))
+    loader = DataLoader(_Images(labelled, width, height, letterbox, difficult), batch_size=batch,
+                        num_workers=max(workers, 0), collate_fn=_collate)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(labelled), unit="img", file=sys.stderr, desc="map")
+    try:
+        for samples in loader:
+            for *_, error in samples:
+                if error is not None:
+                    raise NetspecError(error)
+            images = torch.stack([s[1] for s in samples]).to(device)
+            sizes = [s[2] for s in samples]
+            with torch.inference_mode():
+                dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45,
+                                          letterbox=letterbox)
+            for (index, _, size, labels, hard, _), d in zip(samples, dets):
+                image_id = labelled.coco["_netspec_image_ids"][index] if labelled.coco else None
+                acc.add(d.boxes, d.probs, labels, image_size=size, image_id=image_id, difficult=hard)
+            if bar is not None:
+                bar.update(len(samples))
+    finally:
+        if bar is not None:
+            bar.close()

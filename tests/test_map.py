@@ -29,8 +29,8 @@ def vector(tmp_path_factory):
     need_shared(VECTOR)
     need_shared(CONFORMANCE / "yolov4-tiny")
     import netspec
-    from netspec.commands.map import _Images
     from netspec.detection import darknet_detections
+    from netspec.evaluate import _Images
 
     weights = tmp_path_factory.mktemp("map") / "yolov4-tiny.weights"
     weights.write_bytes(lzma.open(CONFORMANCE / "yolov4-tiny" / "weights.weights.xz").read())
@@ -191,7 +191,7 @@ def test_cli_small_net_end_to_end(tiny, capsys):
 
 def test_cli_library_agree(tiny, capsys):
     import netspec
-    from netspec.commands.map import evaluate_set
+    from netspec.evaluate import evaluate_set
 
     assert run_map(tiny, "--json", "--batch", "2") == 0
     out = json.loads(capsys.readouterr().out)
@@ -251,7 +251,7 @@ def test_cli_difficult_list(tiny, capsys):
     hard = json.loads(capsys.readouterr().out)
     assert hard["at_conf_0.25"] == plain["at_conf_0.25"]  # Darknet counts them at the threshold all the same
     import netspec
-    from netspec.commands.map import evaluate_set
+    from netspec.evaluate import evaluate_set
 
     net = netspec.build(tiny / "tiny.cfg")
     netspec.load_darknet_weights(net, tiny / "tiny.weights")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 
-from ..errors import DataError, DataWarning, NetspecError
+from ..errors import DataError, DataWarning
 from .common import add_cfg_arguments, add_weights_arguments, fraction, load_detector, positive_int, torch_device
 
 
@@ -50,7 +49,7 @@ def _head_classes(net) -> int | None:
 def run(args: argparse.Namespace) -> int:
 
     from ..datasets import labelled_set, read_data_config
-    from ..evaluate import MapAccumulator
+    from ..evaluate import MapAccumulator, evaluate_set
 
     data = read_data_config(args.data)
     if data.valid is None:
@@ -88,73 +87,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(result.darknet_lines()))
     return 0
-
-
-class _Images:
-    """The labelled set as a torch Dataset: (index, network-sized image, (w, h), labels, error message)."""
-
-    def __init__(self, labelled, width: int, height: int, letterbox: bool, difficult: list[str] | None = None) -> None:
-        self.labelled, self.width, self.height, self.letterbox = labelled, width, height, letterbox
-        self.difficult = difficult
-
-    def __len__(self) -> int:
-        return len(self.labelled)
-
-    def __getitem__(self, index: int):
-        from ..datasets import read_labels
-        from ..images import letterbox, load_image, resize_image
-
-        try:
-            image = load_image(self.labelled.images[index])
-            size = (int(image.shape[2]), int(image.shape[1]))
-            fit = letterbox if self.letterbox else resize_image
-            labels = self.labelled.read_labels(index)
-            difficult = None
-            if self.difficult is not None:
-                difficult = read_labels(self.difficult[index], self.labelled.classes)
-            return index, fit(image, self.width, self.height), size, labels, difficult, None
-        except NetspecError as exc:  # reported by the main process as one line (not a worker traceback)
-            return index, None, None, None, None, str(exc)
-
-
-def _collate(samples):
-    return samples
-
-
-def evaluate_set(net, labelled, acc, *, letterbox: bool, batch: int = 8, workers: int = 0, device=None,
-                 progress: bool = False, difficult: list[str] | None = None) -> None:
-    """Stream ``labelled`` (a :class:`~netspec.datasets.LabelledSet`) through ``net`` (eval mode) into ``acc``
-    (a :class:`~netspec.evaluate.MapAccumulator`); ``difficult``: label files parallel to the images."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from ..detection import darknet_detections
-
-    _, height, width = net.input_shape
-    device = device or next(net.parameters()).device
-    workers = min(workers, os.cpu_count() or 1, len(labelled))
-    loader = DataLoader(_Images(labelled, width, height, letterbox, difficult), batch_size=batch,
-                        num_workers=max(workers, 0), collate_fn=_collate)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(labelled), unit="img", file=sys.stderr, desc="map")
-    try:
-        for samples in loader:
-            for *_, error in samples:
-                if error is not None:
-                    raise NetspecError(error)
-            images = torch.stack([s[1] for s in samples]).to(device)
-            sizes = [s[2] for s in samples]
-            with torch.inference_mode():
-                dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45,
-                                          letterbox=letterbox)
-            for (index, _, size, labels, hard, _), d in zip(samples, dets):
-                image_id = labelled.coco["_netspec_image_ids"][index] if labelled.coco else None
-                acc.add(d.boxes, d.probs, labels, image_size=size, image_id=image_id, difficult=hard)
-            if bar is not None:
-                bar.update(len(samples))
-    finally:
-        if bar is not None:
-            bar.close()
