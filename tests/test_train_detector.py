@@ -113,3 +113,21 @@ def test_exact_resume_of_a_detector_after_sigkill(tmp_path, shapes):
             for d in (tmp_path / "straight", out)]
     assert [r["iteration"] for r in logs[1] if "loss" in r] == list(range(1, 9))
     assert [r["loss"] for r in logs[0] if "loss" in r] == [r["loss"] for r in logs[1] if "loss" in r]
+
+
+def test_map_during_training_keeps_best_weights_and_charts_it(tmp_path, shapes):
+    from netspec.cli import main
+
+    cfg = tmp_path / "tiny-yolo.cfg"
+    cfg.write_text(TINY_DETECTOR.format(max_batches=4).replace("ema_alpha=0.9", ""))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--data", str(shapes.data), "--out", str(out), "--map", "--map-every", "2",
+                 "--quiet", "--json"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evaluated = [r for r in records if "mAP@0.5" in r]
+    assert [r["iteration"] for r in evaluated] == [2, 4] and all(0 <= r["mAP@0.5"] <= 1 for r in evaluated)
+    assert [r.get("count") is not None for r in records if "loss" in r] == [True] * 4  # the loss's own figures
+    assert {p.name for p in out.glob("*.weights")} == {"tiny-yolo_best.weights", "tiny-yolo_final.weights"}
+    state = load_checkpoint(out).state
+    assert state["metrics"] == [[r["iteration"], r["mAP@0.5"]] for r in evaluated]
+    assert state["best"] == max(r["mAP@0.5"] for r in evaluated)
