@@ -161,9 +161,10 @@ def _verify(path, header: dict, tensors: dict[str, torch.Tensor], read_data, req
         actual = _legacy_digest(header, metadata, read_data)
         expected = legacy
     elif required:
+        if not any(key.startswith("netspec.") for key in metadata):
+            raise _fail(path, "a safetensors file that netspec did not write (no netspec metadata, no checksum)")
         # e.g. a bit flip in the checksum's own key: the file would otherwise load unverified
-        raise _fail(path, f"no netspec checksum ({CHECKSUM_KEY}) in the metadata: the file is damaged, or "
-                          "netspec did not write it")
+        raise _fail(path, f"no netspec checksum ({CHECKSUM_KEY}) in the metadata: the file is damaged")
     else:
         return metadata
     if actual != expected:

@@ -204,8 +204,13 @@ def test_a_checkpoint_whose_checksum_key_is_damaged_is_refused(tmp_path):
     data = save_checkpoint(tmp_path / "a.ckpt", net).read_bytes()
     at = data.index(b"netspec.content_sha256") + len("netspec.content_sha25")
     (tmp_path / "a.ckpt").write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
-    with pytest.raises(CheckpointError, match="no netspec checksum"):
+    with pytest.raises(CheckpointError, match="no netspec checksum .* damaged"):
         load_checkpoint(tmp_path / "a.ckpt")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="netspec did not write"):
+        load_checkpoint(tmp_path / "plain.safetensors")
 
 
 def _legacy_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
