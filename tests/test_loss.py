@@ -757,3 +757,136 @@ def test_a_one_cell_grid_does_not_alias_the_head_input():
     torch.testing.assert_close(heads[0].detach(), before, rtol=0, atol=0)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def _gaussian_reference(x, truths, p, net_size):
+    """forward_gaussian_yolo_layer's loops with iou_loss=mse."""
+    b_, _, hh, ww = x.shape
+    mask, anchors, classes = p["mask"], p["anchors"], p["classes"]
+    n, e = len(mask), 9 + classes
+    s = p.get("scale_x_y", 1.0)
+    point = p.get("yolo_point", "center")
+    out = x.double().reshape(b_, n, e, hh, ww).permute(0, 1, 3, 4, 2).tolist()  # [b][a][j][i][entry]
+    for img in out:
+        for anchor in img:
+            for row in anchor:
+                for v in row:
+                    for k in range(e):
+                        if k not in (4, 6):
+                            v[k] = _sig(v[k])
+                    v[0], v[2] = v[0] * s - 0.5 * (s - 1), v[2] * s - 0.5 * (s - 1)
+    delta = [[[[[0.0] * e for _ in range(ww)] for _ in range(hh)] for _ in range(n)] for _ in range(b_)]
+    obj_norm, iou_norm, uc_norm = p.get("obj_normalizer", 1.0), p.get("iou_normalizer", 0.75), p.get("uc_normalizer", 1)
+    eps, smooth = p.get("label_smooth_eps", 0.0), p.get("objectness_smooth", 0)
+    iou_thresh = p.get("iou_thresh", 1.0)
+    shift = {"center": 0, "left_top": -1, "right_bottom": 1}[point]
+
+    def box(b, a_pos, anchor, j, i):
+        v = out[b][a_pos][j][i]
+        w, h = math.exp(v[4]) * anchors[anchor][0] / net_size, math.exp(v[6]) * anchors[anchor][1] / net_size
+        return ((i + v[0]) / ww - shift * w / 2, (j + v[2]) / hh - shift * h / 2, w, h)
+
+    def delta_box(t, b, a_pos, anchor, j, i, norm):
+        v, d = out[b][a_pos][j][i], delta[b][a_pos][j][i]
+        scale = 2 - t[2] * t[3]
+        target = ((t[0] + shift * t[2] / 2) * ww - i, (t[1] + shift * t[3] / 2) * hh - j,
+                  math.log(t[2] * net_size / anchors[anchor][0]), math.log(t[3] * net_size / anchors[anchor][1]))
+        for k in range(4):
+            mu, sigma = v[2 * k], v[2 * k + 1]
+            in_exp = (target[k] - mu) / sigma
+            nd = math.exp(-in_exp * in_exp / 2) / (math.sqrt(2 * math.pi) * (sigma + 0.3))
+            temp = 0.5 / (nd + 1e-9) * nd * scale
+            d[2 * k] += temp * in_exp / sigma * norm
+            d[2 * k + 1] += temp * (in_exp * in_exp / sigma - 1 / (sigma + 0.3)) * uc_norm
+        return _iou(box(b, a_pos, anchor, j, i), t)
+
+    def y_true(positive):
+        y = 1.0 if positive else 0.0
+        return y * (1 - eps) + 0.5 * eps if eps else y
+
+    def delta_class(v, d, c):
+        if d[9]:  # Darknet checks the first class entry, whatever the class
+            d[9 + c] = y_true(True) - v[9 + c]
+            return
+        for k in range(classes):
+            d[9 + k] = y_true(k == c) - v[9 + k]
+
+    def assign(t, b, a_pos, anchor, j, i):
+        delta_box(t, b, a_pos, anchor, j, i, iou_norm)
+        v, d = out[b][a_pos][j][i], delta[b][a_pos][j][i]
+        d[8] = obj_norm * (1 - v[8])
+        delta_class(v, d, t[4])
+
+    for b in range(b_):
+        for j in range(hh):
+            for i in range(ww):
+                for a in range(n):
+                    v, d = out[b][a][j][i], delta[b][a][j][i]
+                    pred = box(b, a, mask[a], j, i)
+                    match = any(c > 0.25 for c in v[9:])
+                    best_match = best = 0
+                    best_t = best_match_t = 0
+                    for k, t in enumerate(truths[b]):
+                        iou = _iou(pred, t)
+                        if iou > best_match and match:
+                            best_match, best_match_t = iou, k
+                        if iou > best:
+                            best, best_t = iou, k
+                    d[8] = obj_norm * (0 - v[8])
+                    if best_match > p.get("ignore_thresh", 0.5):
+                        if smooth:
+                            d[8] = obj_norm * (best_match * best_match - v[8])
+                            delta_class(v, d, truths[b][best_match_t][4])
+                        else:
+                            d[8] = 0
+                    if best > p.get("truth_thresh", 1.0):
+                        t = truths[b][best_t]
+                        d[8] = obj_norm * ((best * best if smooth else 1) - v[8])
+                        delta_class(v, d, t[4])
+                        if smooth:
+                            d[9 + t[4]] = best * best - v[9 + t[4]]
+                        delta_box(t, b, a, mask[a], j, i, iou_norm)
+        for t in truths[b]:
+            i, j = int(t[0] * ww), int(t[1] * hh)
+            if point != "center":
+                i = int(min(ww - 1, max(0, (t[0] + shift * t[2] / 2) * ww)))
+                j = int(min(hh - 1, max(0, (t[1] + shift * t[3] / 2) * hh)))
+            fits = [_iou((0, 0, aw / net_size, ah / net_size), (0, 0, t[2], t[3])) for aw, ah in anchors]
+            best_n = max(range(len(anchors)), key=lambda k: (fits[k], -k))
+            if best_n in mask:
+                assign(t, b, mask.index(best_n), best_n, j, i)
+            for k in range(len(anchors)):
+                if k in mask and k != best_n and iou_thresh < 1 and fits[k] > iou_thresh:
+                    assign(t, b, mask.index(k), k, j, i)
+        for a in range(n):
+            for j in range(hh):
+                for i in range(ww):
+                    d = delta[b][a][j][i]
+                    positive = sum(1 for c in d[9:] if c > 0)
+                    if positive:
+                        for k in range(8):
+                            d[k] /= positive
+    return torch.tensor(delta).permute(0, 1, 4, 2, 3).reshape(x.shape)
+
+
+@pytest.mark.parametrize("keys", [
+    {"iou_thresh": 0.2, "scale_x_y": 1.1},
+    {"objectness_smooth": 1, "ignore_thresh": 0.2, "truth_thresh": 0.4, "label_smooth_eps": 0.1,
+     "uc_normalizer": 0.5, "yolo_point": "left_top"},
+    {"yolo_point": "right_bottom", "iou_thresh": 0.3, "obj_normalizer": 2},
+])
+def test_gaussian_yolo_follows_darknets_loop(keys):
+    anchors = [(4, 5), (7, 6), (9, 11), (14, 12), (20, 22), (30, 28)]
+    lines = "".join(f"{k}={v}\n" for k, v in keys.items())
+    cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=36\nsize=1\nstride=8\n"
+           "activation=linear\n[Gaussian_yolo]\nmask=1,2,4\nanchors=" + ",".join(f"{w},{h}" for w, h in anchors) +
+           f"\nnum=6\nclasses=3\n{lines}")
+    p = {"mask": [1, 2, 4], "anchors": anchors, "classes": 3, **keys}
+    torch.manual_seed(5)
+    x = torch.randn(3, 36, 4, 4)
+    x[:, [9, 21, 33]] += 2
+    x = x.requires_grad_()
+    loss, _ = DetectionLoss(netspec.build(cfg))([x], _truth_rows(_CROWD))
+    loss.backward()
+    expected = _gaussian_reference(x.detach(), _CROWD, p, 32)
+    torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-5)
