@@ -890,3 +890,24 @@ def test_gaussian_yolo_follows_darknets_loop(keys):
     loss.backward()
     expected = _gaussian_reference(x.detach(), _CROWD, p, 32)
     torch.testing.assert_close(-3 * x.grad, expected.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("iou_loss", ["giou", "diou", "ciou", "iou"])
+def test_gaussian_box_deltas_equal_yolos_for_iou_losses(iou_loss):
+    # Darknet's Gaussian YOLO trains x, y, w, h with the same dx_box_iou deltas as [yolo]
+    anchors = "4,5, 7,6, 9,11, 14,12, 20,22, 30,28"
+    head = f"mask=1,2,4\nanchors={anchors}\nnum=6\nclasses=3\niou_loss={iou_loss}\niou_thresh=0.3\nmax_delta=2\n"
+    net_cfg = "[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nsize=1\nstride=8\nactivation=linear\n"
+    yolo = netspec.build(net_cfg.replace("size=1", "filters=24\nsize=1") + "[yolo]\n" + head)
+    gauss = netspec.build(net_cfg.replace("size=1", "filters=36\nsize=1") + "[Gaussian_yolo]\n" + head)
+    torch.manual_seed(6)
+    xy = torch.randn(3, 3, 8, 4, 4)
+    xg = torch.randn(3, 3, 12, 4, 4)
+    xg[:, :, [0, 2, 4, 6, 8, 9, 10, 11]] = xy  # x, y, w, h, objectness, classes at Gaussian YOLO's entries
+    xy, xg = xy.reshape(3, 24, 4, 4).requires_grad_(), xg.reshape(3, 36, 4, 4).requires_grad_()
+    DetectionLoss(yolo)([xy], _truth_rows(_CROWD))[0].backward()
+    DetectionLoss(gauss)([xg], _truth_rows(_CROWD))[0].backward()
+    gy, gg = xy.grad.reshape(3, 3, 8, 4, 4), xg.grad.reshape(3, 3, 12, 4, 4)
+    assert gy[:, :, :4].abs().sum() > 0
+    torch.testing.assert_close(gg[:, :, [0, 2, 4, 6]], gy[:, :, :4], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gg[:, :, 8:], gy[:, :, 4:], rtol=1e-5, atol=1e-7)
