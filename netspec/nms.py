@@ -5,15 +5,20 @@ whose ``prob[k]`` is still non-zero zeroes ``prob[k]`` of every later one it ove
 threshold (IoU; ``greedynms`` DIoU with exponent 0.6; ``diounms`` DIoU with ``beta_nms``).  So a
 (box, class) entry survives exactly when no surviving higher-ranked entry of its class overlaps it.
 
-Here every non-zero (box, class) entry is an item.  Overlapping pairs of the same class are found by a
-sort-and-sweep on the left edges (an IoU above ``t >= 0`` needs the next box's left edge before
-``right - t*width``), then the survivors are resolved on that sparse graph all at once: an item is
-kept when all its higher-ranked neighbours are suppressed, suppressed when one of them is kept,
-repeated until every item is decided (as many rounds as the longest chain of suppressions).  All of it
-runs on the tensors' device.
+Here every non-zero (box, class) entry is an item.  Crowded classes (many candidate pairs per item) first
+walk Darknet's order for a few rounds, all classes at once: each round keeps every class's best undecided
+item and drops the undecided items of its class that it overlaps.  What is left is resolved at once.
+Overlapping pairs of the same class are found by a sort-and-sweep on the left edges (an IoU above
+``t >= 0`` needs the next box's left edge before ``right - t*width``), or, when boxes carry many classes,
+once per pair of boxes for all classes; then the survivors are resolved on that sparse graph: an item is
+kept when all its higher-ranked neighbours are suppressed, suppressed when one of them is kept, repeated
+until every item is decided (as many rounds as the longest chain of suppressions).  All of it runs on the
+tensors' device.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -153,46 +158,29 @@ def _geometry(b: torch.Tensor) -> dict:
     return {"boxes": b, "w": w, "h": h, "left": left, "right": right, "top": top, "bottom": bottom}
 
 
-def _bands(g: dict, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each item copied into the horizontal bands its box spans: (item of each copy, its band, its group id,
-    and each item's first band).
+@dataclass
+class _Sweep:
+    """Items in sweep order and the end of each one's window."""
 
-    Boxes overlap only if they share a band, so the sweep runs band by band (group = class and band) and
-    sees far fewer pairs when the boxes are spread over the image."""
-    top, bottom = g["top"], g["bottom"]
-    lo = top.min()
-    extent = float((bottom.max() - lo).item())
-    height = max(float(g["h"].median().item()), extent / 256, 1e-12)
-    first = torch.floor((top - lo) / height).long()
-    last = torch.floor((bottom - lo) / height).long().clamp(min=first)
-    spans = last - first + 1
-    total = int(spans.sum().item())
-    item = torch.repeat_interleave(torch.arange(cls.numel(), device=cls.device), spans, output_size=total)
-    offsets = torch.cumsum(spans, 0) - spans
-    band = _take(first, item) + torch.arange(total, device=cls.device) - _take(offsets, item)
-    n_bands = int(last.max().item()) + 1
-    return item, band, _take(cls, item) * n_bands + band, first
+    order: torch.Tensor
+    ends: torch.Tensor
+
+    def candidates(self) -> int:
+        m = self.ends.numel()
+        return int((self.ends - torch.arange(m, device=self.ends.device) - 1).clamp(min=0).sum().item())
 
 
-def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float,
-               dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _plan(g: dict, cls: torch.Tensor, thresh: float, dense: bool) -> _Sweep:
+    return _Sweep(*_sweep(g["left"], g["right"], g["w"], cls, thresh, dense))
+
+
+def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float, dense: bool,
+               plan: _Sweep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every pair of the same ``cls`` overlapping by more than ``thresh``, in bounded chunks."""
-    if dense:
-        item = band = band_start = None
-        order, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, dense)
-    else:
-        item, band, group, band_start = _bands(g, cls)
-        order, ends = _sweep(_take(g["left"], item), _take(g["right"], item), _take(g["w"], item), group, thresh,
-                             dense)
+    plan = plan or _plan(g, cls, thresh, dense)
     firsts, seconds = [], []
-    for begin, stop in _chunks(ends):
-        f, s = _pairs(order, ends, begin, stop)
-        if item is not None:
-            # a pair shares several bands: keep it in the first one only
-            fi, si = _take(item, f), _take(item, s)
-            once = _take(band, f) == torch.maximum(_take(band_start, fi), _take(band_start, si))
-            f, s = _keep(once, fi, si)
-        f, s = _overlapping(f, s, g, thresh, kind, beta, dense)
+    for begin, stop in _chunks(plan.ends):
+        f, s = _overlapping(*_pairs(plan.order, plan.ends, begin, stop), g, thresh, kind, beta, dense)
         firsts.append(f)
         seconds.append(s)
     if not firsts:
@@ -206,6 +194,11 @@ def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor) ->
     s1, s2 = _take(score, first), _take(score, second)
     earlier = (s1 > s2) | ((s1 == s2) & (first < second))
     return torch.where(earlier, first, second), torch.where(earlier, second, first)
+
+
+def _crowded(plan: _Sweep, m: int) -> bool:
+    """Whether the sweep would examine many candidate pairs per item (clusters of overlapping boxes)."""
+    return plan.candidates() > 64 * m
 
 
 _ROUNDS = 64  # Darknet's walk for crowded classes: rounds of "keep each class's best, drop its overlaps"
@@ -239,13 +232,6 @@ def _greedy_rounds(boxes: torch.Tensor, cls: torch.Tensor, score: torch.Tensor, 
     return gone, live
 
 
-def _crowded(g: dict, cls: torch.Tensor, thresh: float) -> bool:
-    """Whether the sweep would examine many candidate pairs per item (clusters of overlapping boxes)."""
-    _, ends = _sweep(g["left"], g["right"], g["w"], cls, thresh, False)
-    m = cls.numel()
-    return int((ends - torch.arange(m, device=cls.device) - 1).clamp(min=0).sum().item()) > 64 * m
-
-
 def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: str = "default",
                 beta: float = 0.6) -> torch.Tensor:
     """Darknet's per-class NMS on ``boxes`` (K, 4) centre x, y, w, h and ``probs`` (K, C) (0 = absent):
@@ -264,19 +250,24 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     item_boxes = _take(b, box_index)
     gone = torch.zeros(m, dtype=torch.bool, device=probs.device)
     rest = torch.arange(m, device=probs.device)
-    if not dense and _crowded(_geometry(item_boxes), cls, thresh):
+    geometry = _geometry(item_boxes)
+    plan = None if dense else _plan(geometry, cls, thresh, dense)
+    if plan is not None and _crowded(plan, m):
         # crowded classes: walk Darknet's order for a few rounds first; what is left is resolved at once
         gone, rest = _greedy_rounds(item_boxes, cls, score, thresh, kind, beta, _ROUNDS)
+        geometry, plan = _geometry(_take(item_boxes, rest)), None
+    boxes_left = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
+    boxes_left.index_fill_(0, _take(box_index, rest), True)
     if rest.numel() < 2:
         pass
-    elif rest.numel() <= 6 * torch.unique(_take(box_index, rest)).numel():
+    elif rest.numel() <= 6 * int(boxes_left.sum().item()):
         # few classes per box: sweep the items themselves, classes side by side
-        first, second = _all_pairs(_geometry(_take(item_boxes, rest)), _take(cls, rest), thresh, kind, beta, dense)
+        first, second = _all_pairs(geometry, _take(cls, rest), thresh, kind, beta, dense, plan)
         if first.numel():
             gone |= ~_resolve(m, *_directed(_take(rest, first), _take(rest, second), score))
     else:
         # many classes per box: overlaps are found once per pair of boxes, then shared by the classes
-        active = torch.unique(_take(box_index, rest))
+        active = torch.nonzero(boxes_left).squeeze(1)
         bi, bj = _all_pairs(_geometry(_take(b, active)), torch.zeros_like(active), thresh, kind, beta, dense)
         bi, bj = _take(active, bi), _take(active, bj)
         item = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)
