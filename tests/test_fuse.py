@@ -16,7 +16,7 @@ from netspec.materialize import assemble_uninitialized, load_initializing_rest
 from netspec.network import assemble
 from netspec.weights import load_darknet_weights, save_darknet_weights
 
-from .conftest import CFGS, CONFORMANCE, need_native_bf16
+from .conftest import CFGS, CONFORMANCE, need_native_bf16, refuse_bf16_packing
 from .test_conformance import load_vector
 
 # kitchen-sink: shared convs, antialiasing, every activation; -cls: [connected] with BN; yolov7-tiny: deep.
@@ -300,22 +300,7 @@ def test_fast_inplace_mish_equals_torch_mish(dtype, layout):
 @pytest.fixture
 def cpu_without_bf16(monkeypatch):
     """This CPU as an AVX2-only one: no native bfloat16, and oneDNN refusing to pack bfloat16 weights."""
-    import netspec.inference as inference
-
-    monkeypatch.setattr(inference, "native_bf16", lambda: False)
-    monkeypatch.setattr(inference, "_warned", set())
-    real_reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
-    attempts = {"bf16": 0}
-
-    def reorder(weight, *args):
-        if weight.dtype == torch.bfloat16:
-            attempts["bf16"] += 1
-            raise RuntimeError("mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx512bw, avx512vl "
-                               "and avx512dq")
-        return real_reorder(weight, *args)
-
-    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", reorder)
-    return attempts
+    return refuse_bf16_packing(monkeypatch)
 
 
 def test_native_bf16_skip_follows_the_capability_check(cpu_without_bf16):
