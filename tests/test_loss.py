@@ -226,7 +226,8 @@ def _train_step(cfg, size, strict=True, net=None):
     net = net if net is not None else netspec.build(str(cfg), width=size, height=size, strict=strict)
     net.train()
     c = net.input_shape[0]
-    x = torch.rand(2, c, size, size)
+    steps = int(getattr(net.spec.net, "time_steps", 1) or 1)  # recurrent nets read the batch as time steps
+    x = torch.rand(2 * steps, c, size, size)
     loss_fn = DetectionLoss(net)
     classes = loss_fn.class_limit
     t = _targets([0, 0, 0.5, 0.5, 0.4, 0.3], [0, classes - 1, 0.2, 0.7, 0.1, 0.2], [1, 0, 0.8, 0.3, 0.3, 0.6])
