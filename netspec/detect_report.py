@@ -19,11 +19,20 @@ def _shown(name: str) -> bool:
     return not name.startswith("dont_show")  # Darknet hides classes whose name starts with dont_show
 
 
-def json_objects(dets: Dets, names: list[str]) -> list[dict[str, Any]]:
+def json_objects(dets: Dets, names: list[str], image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """The ``objects`` of a Darknet ``-out`` JSON frame: one per (box, class) with a probability above
-    0.005, coordinates relative to the image, six decimals as Darknet prints them."""
+    0.005, coordinates relative to the image, six decimals as Darknet prints them.
+
+    Given the ``image_size``, boxes Darknet reports in pixels (YOLOv1 ``[detection]`` heads: its
+    ``get_detection_detections`` scales them by the image size and nothing scales them back) are written so,
+    as Darknet writes them, so that the files compare equal."""
     objects = []
-    boxes = dets.boxes.tolist()
+    boxes = dets.boxes.clone()
+    if image_size is not None and dets.darknet_pixels is not None and bool(dets.darknet_pixels.any()):
+        img_w, img_h = image_size
+        scale = boxes.new_tensor([img_w, img_h, img_w, img_h])
+        boxes[dets.darknet_pixels] *= scale
+    boxes = boxes.tolist()
     for i, row in enumerate(dets.probs.tolist()):
         x, y, w, h = boxes[i]
         for k, p in enumerate(row):

@@ -35,6 +35,8 @@ class Dets:
     boxes: torch.Tensor  # (K, 4): centre x, y, width, height relative to the original image
     objectness: torch.Tensor  # (K,)
     probs: torch.Tensor  # (K, classes): 0 where <= thresh or suppressed by NMS
+    # (K,) rows whose box Darknet reports in image pixels instead (YOLOv1 [detection] heads), or None
+    darknet_pixels: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.objectness.numel())
@@ -134,7 +136,7 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
     for i, (img_w, img_h) in enumerate(image_sizes):
         if int(img_w) < 1 or int(img_h) < 1:
             raise DetectError(f"image_sizes[{i}] = {image_sizes[i]!r} is not a (width, height) in pixels")
-        boxes, objectness, probs = [], [], []
+        boxes, objectness, probs, pixels = [], [], [], []
         for hb in decoded:
             p = hb.probs[i]
             p = torch.where(p > thresh, p, torch.zeros_like(p))
@@ -147,12 +149,13 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
             boxes.append(b)
             objectness.append(hb.objectness[i][keep])
             probs.append(p[keep])
-        b, o, p = torch.cat(boxes), torch.cat(objectness), torch.cat(probs)
+            pixels.append(torch.full((b.shape[0],), hb.darknet_pixels, dtype=torch.bool, device=b.device))
+        b, o, p, px = torch.cat(boxes), torch.cat(objectness), torch.cat(probs), torch.cat(pixels)
         if nms:
             p = darknet_nms(b, p, nms, last.nms_kind, last.beta_nms)
             alive = (p > 0).any(1)
-            b, o, p = b[alive], o[alive], p[alive]
-        results.append(Dets(b, o, p))
+            b, o, p, px = b[alive], o[alive], p[alive], px[alive]
+        results.append(Dets(b, o, p, px if any(hb.darknet_pixels for hb in decoded) else None))
     return results
 
 

@@ -219,3 +219,34 @@ def test_detect_accepts_safetensors_weights(tiny, tmp_path):
                      "--quiet"]) == 0
         outs.append(json.loads(out.read_text()))
     assert outs[0] == outs[1] and len(outs[0][0]["objects"]) == 1
+
+
+def test_yolov1_json_keeps_darknets_pixel_boxes(tmp_path, capsys):
+    """Darknet's detector test leaves [detection] (YOLOv1) boxes in image pixels under relative_coordinates;
+    --out writes them so (the files compare equal), netspec.darknet_detections keeps them relative."""
+    import torch
+    from PIL import Image
+
+    import netspec
+    from netspec.detection import prepare_images
+
+    cfg = tmp_path / "v1.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[maxpool]\nsize=8\nstride=8\n[connected]\noutput=48\n"
+                   "activation=logistic\n[detection]\nclasses=2\ncoords=4\nnum=2\nside=2\nsoftmax=1\nsqrt=1\n")
+    net = netspec.build(cfg, seed=5)
+    netspec.save_darknet_weights(net, tmp_path / "v1.weights")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out.json"
+    assert main(["detect", str(cfg), str(tmp_path / "a.png"), "--weights", str(tmp_path / "v1.weights"),
+                 "--thresh", "0.05", "--out", str(out), "--quiet"]) == 0
+    assert "in image pixels" in capsys.readouterr().err
+    (frame,) = json.loads(out.read_text())
+    batch, sizes = prepare_images(net, [tmp_path / "a.png"])
+    (dets,) = netspec.darknet_detections(net.eval(), batch, sizes, thresh=0.05)
+    assert frame["objects"] and len(frame["objects"]) == int((dets.probs > 0).sum())
+    box, _, _ = dets.objects()
+    want = dets.boxes[box] * torch.tensor([60, 40, 60, 40])
+    got = torch.tensor([[o["relative_coordinates"][k] for k in ("center_x", "center_y", "width", "height")]
+                        for o in frame["objects"]])
+    assert torch.allclose(got, want, atol=1e-5)

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.save_dir}: cannot create the folder: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_OUTPUT
     frames, taken = [], set()
+    warned_pixels = False
     for start in range(0, len(paths), args.batch):
         chunk = paths[start:start + args.batch]
         began = time.perf_counter()
@@ -109,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{path}: Predicted in {elapsed:.1f} milli-seconds.")
                 for line in text_lines(d, names, size, args.thresh):
                     print(line)
-            frames.append({"frame_id": len(frames) + 1, "filename": path, "objects": json_objects(d, names)})
+            if d.darknet_pixels is not None and not warned_pixels:
+                warned_pixels = True
+                print("warning: the network's [detection] head is YOLOv1's: Darknet's detector test writes its boxes "
+                      "in image pixels under relative_coordinates, and so does --out (the printed and drawn boxes "
+                      "are right)", file=sys.stderr)
+            frames.append({"frame_id": len(frames) + 1, "filename": path, "objects": json_objects(d, names, size)})
             if args.save_dir:
                 from PIL import Image
 

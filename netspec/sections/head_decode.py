@@ -30,6 +30,7 @@ class HeadBoxes:
     correct: Optional[Correction]  # maps boxes back onto the original image (None: they already are)
     nms_kind: str = "default"  # the head's nms_kind= (Darknet uses the last head's)
     beta_nms: float = 0.6
+    darknet_pixels: bool = False  # Darknet's get_network_boxes leaves these boxes in image pixels (YOLOv1)
 
 
 def _letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int, letterbox: bool) -> tuple[int, int]:
@@ -149,4 +150,4 @@ def decode_detection(head, buf: torch.Tensor) -> HeadBoxes:
         bw, bh = bw * bw, bh * bh
     boxes = torch.stack([bx, by, bw, bh], -1).reshape(-1, cells * n, 4)
     probs = (scale[..., None] * cls).reshape(-1, cells * n, k)
-    return HeadBoxes(boxes, scale.reshape(-1, cells * n), probs, False, None)
+    return HeadBoxes(boxes, scale.reshape(-1, cells * n), probs, False, None, darknet_pixels=True)
