@@ -912,3 +912,25 @@ def test_gaussian_box_deltas_equal_yolos_for_iou_losses(iou_loss):
     assert gy[:, :, :4].abs().sum() > 0
     torch.testing.assert_close(gg[:, :, [0, 2, 4, 6]], gy[:, :, :4], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gg[:, :, 8:], gy[:, :, 4:], rtol=1e-5, atol=1e-7)
+
+
+def test_detection_random_box_until_64000_images_and_the_seen_counter():
+    side, num, classes = 3, 2, 3
+    base = (f"[net]\nwidth=8\nheight=8\nchannels=3\n[connected]\noutput={side * side * (5 * num + classes)}\n"
+            f"activation=linear\n[detection]\nside={side}\nnum={num}\nclasses={classes}\ncoords=4\n")
+    torch.manual_seed(7)
+    x = 0.5 + 0.3 * torch.randn(3, side * side * (5 * num + classes))
+    t = _truth_rows(_DETECTION_TRUTHS)
+
+    def grad(cfg, seen):
+        xi = x.clone().requires_grad_()
+        loss_fn = DetectionLoss(netspec.build(cfg))
+        loss_fn([xi], t, seen=seen)[0].backward()
+        assert loss_fn.seen == seen + 3  # Darknet counts the batch before the forward
+        return xi.grad
+
+    random = base + "random=1\n"
+    torch.testing.assert_close(grad(random, 64000), grad(base, 64000))
+    early = grad(random, 0).reshape(3, -1)[:, side * side * (classes + num):].reshape(3, side * side, num, 4)
+    trained = (early != 0).any(-1).sum(-1)  # boxes with a coordinate delta, per cell
+    assert trained.max() == 1 and trained.sum() == 4  # one (random) box in each of the 4 cells with a truth
