@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .weights import DEFAULT_VERSION, DarknetHeader, save_darknet_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 
 def numbered_backup_due(iteration: int) -> bool:
@@ -30,7 +34,7 @@ class BackupFolder:
     def path(self, suffix: str) -> Path:
         return self.directory / f"{self.stem}_{suffix}.weights"
 
-    def write(self, net, suffix: str, iteration: int) -> Path:
+    def write(self, net: Network, suffix: str, iteration: int) -> Path:
         loaded = getattr(net, "darknet_header", None)
         version = (loaded.major, loaded.minor, loaded.revision) if loaded else DEFAULT_VERSION
         header = DarknetHeader(*version, seen=iteration * self.images_per_step)
@@ -38,7 +42,7 @@ class BackupFolder:
         save_darknet_weights(net, path, header=header)
         return path
 
-    def after_step(self, net, iteration: int, ema_net=None) -> list[Path]:
+    def after_step(self, net: Network, iteration: int, ema_net: Network | None = None) -> list[Path]:
         """The files Darknet writes after ``iteration`` (1-based); returns the paths written."""
         written = []
         if numbered_backup_due(iteration):

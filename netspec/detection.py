@@ -178,7 +178,7 @@ def _device_of(net) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_images(net, images: Sequence[Any], letterbox: bool | None = None,
+def prepare_images(net: Network, images: Sequence[Any], letterbox: bool | None = None,
                    device: torch.device | str | None = None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Decode and size ``images`` (paths, PIL images, uint8 arrays, float (C, H, W) tensors in [0, 1]) for
     ``net`` as Darknet's ``detector test`` does: ``resize_image``, or ``letterbox_image`` when ``letterbox``

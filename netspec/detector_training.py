@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
 
 
 class DetectionTask:
@@ -22,7 +25,7 @@ class DetectionTask:
     metric = "mAP@0.5"
     evaluate_at_end = False  # mAP over the valid list only with --map (as Darknet's -map)
 
-    def __init__(self, net, data: str | os.PathLike, *, seed: int = 0, workers: int = 2) -> None:
+    def __init__(self, net: Network, data: str | os.PathLike, *, seed: int = 0, workers: int = 2) -> None:
         from .augment import AugmentSettings
         from .datasets import read_data_config
         from .detection_data import DetectionDataset
@@ -76,7 +79,7 @@ class DetectionTask:
                 self._valid = labelled_set(self.config.valid, self.config.classes, self.config.names)
         return self._valid
 
-    def evaluate(self, net) -> dict[str, float]:
+    def evaluate(self, net: Network) -> dict[str, float]:
         """mAP@0.5 (Darknet's ``detector map``: AUC, thresh 0.25 for the TP/FP counts) on the ``valid=`` list."""
         import copy
 

@@ -12,13 +12,16 @@ The average is evaluated in place of the network (``--map``) and saved beside it
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
+
 
 class DarknetEMA:
-    def __init__(self, net, alpha: float, max_batches: int) -> None:
+    def __init__(self, net: Network, alpha: float, max_batches: int) -> None:
         self.alpha = float(alpha)
         self.start = max_batches // 2
         self.apply_at = max_batches - 1000 if max_batches - 1000 > self.start else None
@@ -30,7 +33,7 @@ class DarknetEMA:
         return self.average is not None
 
     @torch.no_grad()
-    def after_step(self, net, iteration: int) -> str | None:
+    def after_step(self, net: Network, iteration: int) -> str | None:
         """Darknet's EMA bookkeeping after the ``iteration``-th update; returns what it did, if anything."""
         if iteration < self.start:
             return None
@@ -50,7 +53,7 @@ class DarknetEMA:
         return did
 
     @torch.no_grad()
-    def network(self, net):
+    def network(self, net: Network) -> Network:
         """A copy of ``net`` holding the averaged parameters (and ``net``'s buffers)."""
         averaged = copy.deepcopy(net)
         if self.average is not None:

@@ -22,8 +22,13 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .datasets import LabelledSet
+    from .network import Network
 
 KEEP_THRESH = 0.005  # Darknet's fixed detection threshold in validate_detector_map
 POINTS = (0, 11, 101)
@@ -374,7 +379,8 @@ def _collate(samples):
     return samples
 
 
-def evaluate_set(net, labelled, acc, *, letterbox: bool, batch: int = 8, workers: int = 0, device=None,
+def evaluate_set(net: Network, labelled: LabelledSet, acc: MapAccumulator, *, letterbox: bool, batch: int = 8,
+                 workers: int = 0, device: str | torch.device | None = None,
                  progress: bool = False, difficult: list[str] | None = None) -> None:
     """Stream ``labelled`` (a :class:`~netspec.datasets.LabelledSet`) through ``net`` (eval mode) into ``acc``
     (a :class:`~netspec.evaluate.MapAccumulator`); ``difficult``: label files parallel to the images."""

@@ -31,13 +31,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .errors import NetspecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .document import Document
+    from .network import Network
 
 
 class TrainError(NetspecError, ValueError):
@@ -177,7 +181,7 @@ def _logits_hook(net):
     return captured
 
 
-def evaluate(net, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+def evaluate(net: Network, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     """Top-1 accuracy of ``net`` (eval mode) on ``x``/``y``."""
     was_training = net.training
     net.eval()
@@ -210,7 +214,7 @@ class TrainingTask(Protocol):
 
     def loss(self, outputs: Any, targets: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def evaluate(self, net) -> dict[str, float]: ...
+    def evaluate(self, net: Network) -> dict[str, float]: ...
 
 
 class ClassifierTask:
@@ -219,7 +223,7 @@ class ClassifierTask:
     metric = "accuracy"
     evaluate_at_end = True
 
-    def __init__(self, net, data: Dataset, batch: int, seed: int) -> None:
+    def __init__(self, net: Network, data: Dataset, batch: int, seed: int) -> None:
         _refuse_augmentation(net)
         self.data, self.name, self.images = data, data.name, len(data.x)
         self.batch = batch
@@ -238,7 +242,7 @@ class ClassifierTask:
             logits = outputs.flatten(1)
         return F.cross_entropy(logits.float(), targets), {}
 
-    def evaluate(self, net) -> dict[str, float]:
+    def evaluate(self, net: Network) -> dict[str, float]:
         if self.data.x_test is None:
             return {}
         device = next(net.parameters()).device
@@ -366,7 +370,8 @@ class Trainer:
     (4 epochs, at least 100 steps, not before ``burn_in``); ``0`` never (the end-of-run evaluation still runs
     when there is validation data)."""
 
-    def __init__(self, cfg, data: str | Dataset | None, out: str | os.PathLike, *, resume: bool = False,
+    def __init__(self, cfg: str | os.PathLike | Document, data: str | Dataset | None, out: str | os.PathLike, *,
+                 resume: bool = False,
                  save_every: int = 100, seed: int = 0, keep_last: int = 3, progress: bool = True,
                  stream: TextIO | None = None, weights: str | os.PathLike | None = None, upto: int | None = None,
                  overrides: dict[str, Any] | None = None, device: str | torch.device | None = None,
@@ -543,7 +548,7 @@ class Trainer:
 
             dist.barrier()
 
-    def eval_net(self):
+    def eval_net(self) -> Network:
         """The network evaluation uses: the EMA copy once it exists, else the network itself."""
         if self.ema is not None and self.ema.initialised:
             return self.ema.network(self.net)
@@ -694,7 +699,8 @@ def _load_weights(net, path: str | os.PathLike, upto: int | None) -> str:
     return "\n".join([str(report), *(f"warning: {w}" for w in report.warnings)])
 
 
-def train(cfg, data: str | Dataset | None, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+def train(cfg: str | os.PathLike | Document, data: str | Dataset | None, out: str | os.PathLike,
+          **kwargs: Any) -> dict[str, Any]:
     """Train ``cfg`` on ``data``; see :class:`Trainer`."""
     return Trainer(cfg, data, out, **kwargs).run()
 
