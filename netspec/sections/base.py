@@ -166,6 +166,10 @@ class Section:
     * ``anchors(spec, module)``: a detection head's anchors in input pixels;
     * ``classifier_logits(spec)``: for a classifier's output layer, its input → the logits cross-entropy takes.
 
+    Detection heads (``is_head = True``) add two optional hooks: ``loss(spec, net_params)`` on the section,
+    the per-head training loss :class:`netspec.DetectionLoss` sums, and ``decode_boxes(buffer)`` on the
+    module (with ``decodes_boxes = True``), the one box decoder :func:`netspec.detect` and the ONNX export use.
+
     Raise :class:`SpecError` from ``check``/``infer`` to report a problem at a key; netspec adds the
     file, line and column.
     """
