@@ -5,7 +5,8 @@ Pictures: 640x480 JPEGs made by ``netspec.demo_shapes`` (COCO-sized, so decoding
 COCO).  Augmentation: ``cfgs/yolov4-tiny.cfg``'s own keys (jitter=.3, resize=1.5, hue/saturation/exposure,
 flip), and the same with ``mosaic=1`` and with ``letter_box=1``, at 416x416.
 
-* per worker: images/s of one worker (``workers=0``, one torch thread: what each DataLoader process does);
+* per worker: images/s of one worker (``workers=0``, one torch thread: what each DataLoader process does), per
+  wall second and per CPU second (the latter is what a worker makes with a core to itself, on a busy machine);
 * the step: a yolov4-tiny@416 batch-4 training step (train-mode forward, DetectionLoss, backward, SGD
   step) on a fixed batch, and then the same steps fed by the loader with 2 workers: the ratio
   of the two step times says whether the workers keep up (1.0 = never waiting), on the same cores.
@@ -44,13 +45,16 @@ def settings_for(extra: str) -> AugmentSettings:
     return s
 
 
-def per_worker_rate(pictures, s: AugmentSettings, images: int) -> float:
+def per_worker_rate(pictures, s: AugmentSettings, images: int) -> tuple[float, float]:
+    """(images per wall second, images per CPU second) of one worker; the second does not depend on how busy
+    the machine is (it is what a worker makes with a core to itself)."""
     ds = DetectionDataset(pictures, s, seed=0)
     list(make_loader(ds, 4, stop=1, workers=0))  # warm the file cache and imports
-    start = time.perf_counter()
-    for _ in make_loader(ds, 4, stop=max(1, images // 4), workers=0):
+    steps = max(1, images // 4)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in make_loader(ds, 4, stop=steps, workers=0):
         pass
-    return 4 * max(1, images // 4) / (time.perf_counter() - start)
+    return 4 * steps / (time.perf_counter() - wall), 4 * steps / (time.process_time() - cpu)
 
 
 def train_steps(net, opt, batches, loss_fn) -> tuple[list[float], list[float]]:
@@ -81,8 +85,10 @@ def main() -> None:
         print(f"machine: {torch.get_num_threads()} torch threads available, torch {torch.__version__}")
         print("per worker (one process, one torch thread), 640x480 JPEG -> 416x416:")
         torch.set_num_threads(1)
+        rates = {}
         for name, extra in VARIANTS.items():
-            print(f"  {name:34s} {per_worker_rate(pictures, settings_for(extra), args.images):6.1f} images/s")
+            wall, rates[name] = per_worker_rate(pictures, settings_for(extra), args.images)
+            print(f"  {name:34s} {wall:6.1f} images/s ({rates[name]:.1f} per CPU second)")
 
         torch.set_num_threads(args.threads)
         net = netspec.build(CFG, 416, 416).train()
@@ -96,12 +102,17 @@ def main() -> None:
         ds = DetectionDataset(pictures, s, seed=0)
         fixed = next(iter(make_loader(ds, 4, stop=1, workers=0)))
         train_steps(net, opt, [fixed], loss_fn)  # warm-up
+        cpu = time.process_time()
         alone = statistics.median(train_steps(net, opt, [fixed] * args.steps, loss_fn)[0])
+        step_cpu = (time.process_time() - cpu) / args.steps  # all the training process's threads
         loader = make_loader(ds, 4, stop=args.steps + 2, workers=2, multiscale=False)
         times, waits = train_steps(net, opt, loader, loss_fn)
         fed, waited = statistics.median(times[2:]), statistics.median(waits[2:])  # after the workers' start-up
         print(f"yolov4-tiny@416 batch-4 training step (DetectionLoss, {args.threads} threads): "
               f"{alone:.2f} s on a fixed batch = {4 / alone:.1f} images/s needed")
+        data_cpu = 4 / rates["+ mosaic=1"]
+        print(f"  CPU per step: {step_cpu:.2f} s training, {data_cpu:.2f} s making its 4 images with mosaic "
+              f"(the data is {data_cpu / (step_cpu + data_cpu):.0%} of the work)")
         print(f"  fed by 2 workers (cfg + mosaic): {fed:.2f} s per step ({fed / alone:.2f}x: the workers share "
               f"the cores), of which {waited * 1000:.0f} ms waiting for the batch "
               f"({'kept fed' if waited < 0.05 * fed else 'the step waits for data'})")
