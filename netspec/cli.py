@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "fmt": "canonical layout of cfg files (--check for pre-commit, --in-place to rewrite)",
     "params": "list every parameter with its final learning rate, decay and what set them",
     "schedule": "print (or --plot) the learning rate of every optimizer step",
-    "train": "train a classifier cfg with checkpoints and exact resume (torchrun-ready)",
+    "train": "train a detector (obj.data) or classifier cfg as Darknet does; checkpoints, exact resume, torchrun",
     "export": "export a network to ONNX (optionally with box decoding in the graph)",
     "map": "mean average precision on a labelled set, as darknet detector map (--coco: COCO AP too)",
     "convert": "convert parameters between .weights, checkpoints, .safetensors and PyTorch ports",

@@ -375,7 +375,7 @@ class Trainer:
                  save_every: int = 100, seed: int = 0, keep_last: int = 3, progress: bool = True,
                  stream: TextIO | None = None, weights: str | os.PathLike | None = None, upto: int | None = None,
                  overrides: dict[str, Any] | None = None, device: str | torch.device | None = None,
-                 amp: bool | str = False, eval_every: int | None = 0, workers: int = 0,
+                 amp: bool | str = False, eval_every: int | None = 0, workers: int = 2,
                  task: TrainingTask | None = None) -> None:
         from .builder import build
 

@@ -92,6 +92,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _sigkill_at_step(stall: int, *train_args: str) -> None:
+    """``netspec train ARGS`` in a child process, killed with SIGKILL while it is in step ``stall``."""
+    child = subprocess.Popen([sys.executable, "-c", _STALLING.format(stall=stall), "train", *train_args, "--quiet"],
+                             env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "stalled", child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 def _assert_same_state(a, b) -> None:
     for (name, x), (name_b, y) in zip(a.model_state.items(), b.model_state.items()):
         assert name == name_b and torch.equal(x, y), name
@@ -113,16 +126,7 @@ def test_exact_resume_after_sigkill(tiny):
     assert straight.returncode == 0, straight.stderr
 
     out = tmp / "killed"
-    child = subprocess.Popen([sys.executable, "-c", _STALLING.format(stall=k + 3), "train", str(cfg), "--data", data,
-                              "--out", str(out), "--save-every", str(k), "--quiet"],
-                             env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "stalled", child.stderr.read()
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
+    _sigkill_at_step(k + 3, str(cfg), "--data", data, "--out", str(out), "--save-every", str(k))
     assert [s for s, _ in list_checkpoints(out)] == [k]  # killed mid-run, after step k+2
 
     resumed = _train(str(cfg), "--data", data, "--out", str(out), "--resume", "--save-every", str(k))

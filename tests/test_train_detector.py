@@ -4,9 +4,6 @@ the demo detector learning to a stated mAP."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,8 +11,7 @@ import torch
 from netspec.checkpoint import list_checkpoints, load_checkpoint
 from netspec.demo_shapes import make_shapes_dataset
 
-from .conftest import REPO
-from .test_train import _STALLING, _assert_same_state, _env, _train
+from .test_train import _assert_same_state, _sigkill_at_step, _train
 
 # Every data path the loop touches: two mini-batches a step, augmentation (mosaic, colours, flip), multi-scale
 # sizes (random=1), burn_in, a step of the LR, an EMA from step 4 (ema_alpha), and DataLoader workers.
@@ -83,16 +79,7 @@ def test_exact_resume_of_a_detector_after_sigkill(tmp_path, shapes):
     assert straight.returncode == 0, straight.stderr
 
     out = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-c", _STALLING.format(stall=7), "train", *common, "--out", str(out),
-                              "--quiet"], env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout.readline().strip() == "stalled", child.stderr.read()
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
+    _sigkill_at_step(7, *common, "--out", str(out))
     assert [s for s, _ in list_checkpoints(out)] == [2, 4, 6]
     assert not (out / "tiny-yolo_final.weights").exists()
 
