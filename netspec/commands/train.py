@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision: autocast to bf16 (fp16 with loss scaling on GPUs without bf16); "
                         "bf16 on a CPU without native bf16 is much slower than fp32")
     parser.add_argument("--workers", type=_nonnegative, default=2, metavar="N",
-                        help="DataLoader worker processes decoding and augmenting images (detectors; default 2, 0: in this process)")
+                        help="DataLoader processes decoding and augmenting images (detectors; 0: in this process)")
     over = parser.add_argument_group("[net] overrides")
     over.add_argument("--max-batches", type=positive_int, metavar="N", help="iterations to train (max_batches=)")
     over.add_argument("--batch", type=positive_int, metavar="N", help="images per iteration (batch=)")
