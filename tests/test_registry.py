@@ -128,6 +128,12 @@ def test_registering_a_taken_name_or_a_non_section_is_an_error(isolated_registry
 
     with pytest.raises(netspec.SectionError, match="must be a netspec.keys.Key"):
         netspec.register_section(BadKey)
+
+    class Spaced(netspec.Section):
+        name = "two words"
+
+    with pytest.raises(netspec.SectionError, match="not a valid"):
+        netspec.register_section(Spaced)
     assert "bad_key_section" not in isolated_registry
     assert issubclass(netspec.SectionError, ValueError)
 
@@ -145,6 +151,13 @@ class PluginSection(netspec.Section):
         import torch.nn as nn
 
         return nn.Identity()
+
+
+class Clash(netspec.Section):
+    name = "route"
+
+
+NOT_A_SECTION = 42
 '''
 
 
@@ -166,10 +179,15 @@ def test_sections_from_the_entry_point_group_are_loaded(isolated_registry, monke
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "netspec_fake_plugin", raising=False)
     _fake_entry_points(monkeypatch, ("identity", "netspec_fake_plugin:PluginSection"),
-                       ("broken", "netspec_fake_plugin_missing"))
+                       ("broken", "netspec_fake_plugin_missing"), ("clash", "netspec_fake_plugin:Clash"),
+                       ("odd", "netspec_fake_plugin:NOT_A_SECTION"))
     monkeypatch.setitem(sections_pkg._state, "loaded", False)
-    with pytest.warns(RuntimeWarning, match="'broken = netspec_fake_plugin_missing'.*failed to load"):
+    with pytest.warns(RuntimeWarning) as caught:
         known = base.registry()
+    messages = [str(w.message) for w in caught]
+    assert any("'broken = netspec_fake_plugin_missing'" in m and "failed to load" in m for m in messages), messages
+    assert any("'clash = " in m and "'route' " in m and "already registered" in m for m in messages), messages
+    assert any("'odd = " in m and "neither a module nor a netspec.Section subclass" in m for m in messages), messages
     assert "plugin_identity" in known and "convolutional" in known
     net = netspec.build(CFG.replace("[channel_gain]\nstart=2", "[plugin_identity]\nunused=3"))
     assert net.spec.layers[1].type == "plugin_identity"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
+import types
 import warnings
 
 ENTRY_POINT_GROUP = "netspec.sections"
@@ -25,17 +26,26 @@ def _entry_points(group: str) -> list:
 
 def _load_entry_point(ep) -> None:
     """An entry point names a module (importing it registers its sections) or a Section subclass."""
+    from ..errors import SectionError
     from .base import _REGISTRY, Section, register
+
+    def skip(reason: str) -> None:  # a broken plugin must not stop every other cfg from building
+        warnings.warn(f"netspec: section plugin '{ep.name} = {ep.value}' (entry point group {ENTRY_POINT_GROUP}) "
+                      f"is skipped: {reason}", RuntimeWarning, stacklevel=4)
 
     try:
         obj = ep.load()
-    except Exception as exc:  # a broken plugin must not stop every other cfg from building
-        warnings.warn(f"netspec: section plugin '{ep.name} = {ep.value}' (entry point group {ENTRY_POINT_GROUP}) "
-                      f"failed to load and is skipped: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+    except Exception as exc:
+        skip(f"it failed to load: {type(exc).__name__}: {exc}")
         return
     if isinstance(obj, type) and issubclass(obj, Section):
         if not any(type(s) is obj for s in _REGISTRY.values()):
-            register(obj)
+            try:
+                register(obj)
+            except SectionError as exc:
+                skip(str(exc))
+    elif not isinstance(obj, types.ModuleType):
+        skip(f"it names {obj!r}, neither a module nor a netspec.Section subclass")
 
 
 def load_all() -> None:

@@ -282,7 +282,7 @@ def register(cls: type[Section]) -> type[Section]:
         raise SectionError(f"register_section takes a subclass of netspec.Section, got {cls!r}")
     names = (cls.name, *cls.aliases)
     for name in names:
-        if not isinstance(name, str) or not name or any(ch in name for ch in "[]\n\r#;="):
+        if not isinstance(name, str) or not name or any(ch in "[]#;=" or ch.isspace() for ch in name):
             raise SectionError(f"{cls.__qualname__}: section name {name!r} is not a valid [section] name")
         if name in _REGISTRY:
             other = type(_REGISTRY[name])
