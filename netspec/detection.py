@@ -107,7 +107,7 @@ def _check_input(net, images: torch.Tensor) -> None:
 @torch.no_grad()
 def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
                        thresh: float = 0.25, hier_thresh: float = 0.5, nms: float = 0.45,
-                       letterbox: bool = False) -> list[Dets]:
+                       letterbox: bool = False, darknet_order: bool = False) -> list[Dets]:
     """Darknet's ``get_network_boxes`` + NMS for a batch ``images`` (N, C, H, W) already sized to the network.
 
     ``image_sizes`` ``[(width, height), ...]`` are the original images' sizes (default: the network's, i.e.
@@ -115,8 +115,11 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
     (``[net] letter_box=1`` implies it, as in Darknet).  A candidate exists where the objectness is above
     ``thresh`` ([yolo]-type heads; every candidate of [region]/[detection] heads), its per-class probability
     is kept where above ``thresh``; NMS follows the last head's ``nms_kind``/``beta_nms`` (``nms=0``: none,
-    as Darknet's ``if (nms)``).  ``hier_thresh`` only concerns hierarchical heads (which Darknet's
-    ``get_network_boxes`` decodes without it, and netspec does not decode).  Everything stays on the
+    as Darknet's ``if (nms)``).  ``darknet_order=True`` returns the rows in the order Darknet's NMS leaves
+    its ``dets`` (one stable sort by each class's probability in turn, so the last class's decides: the
+    order ``detector map`` walks when it counts at-threshold TPs); otherwise in candidate order.
+    ``hier_thresh`` only concerns hierarchical heads (which Darknet's ``get_network_boxes`` decodes without
+    it, and netspec does not decode).  Everything stays on the
     device of ``images``.
     """
     heads = _heads(net)
@@ -152,11 +155,26 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
             pixels.append(torch.full((b.shape[0],), hb.darknet_pixels, dtype=torch.bool, device=b.device))
         b, o, p, px = torch.cat(boxes), torch.cat(objectness), torch.cat(probs), torch.cat(pixels)
         if nms:
+            raw = p
             p = darknet_nms(b, p, nms, last.nms_kind, last.beta_nms)
+            if darknet_order:
+                order = darknet_nms_order(raw)
+                b, o, p = b[order], o[order], p[order]
             alive = (p > 0).any(1)
             b, o, p, px = b[alive], o[alive], p[alive], px[alive]
         results.append(Dets(b, o, p, px if any(hb.darknet_pixels for hb in decoded) else None))
     return results
+
+
+def darknet_nms_order(probs: torch.Tensor) -> torch.Tensor:
+    """The row order ``do_nms_sort``/``diounms_sort`` leave: for each class k in turn, a stable sort by the
+    (not yet suppressed) ``probs[:, k]``, descending (glibc's ``qsort`` is a stable merge sort)."""
+    order = torch.arange(probs.shape[0], device=probs.device)
+    for k in range(probs.shape[1]):
+        column = probs[order, k]
+        if bool((column > 0).any()):  # an all-zero column is a no-op sort
+            order = order[torch.argsort(column, descending=True, stable=True)]
+    return order
 
 
 # ---------------------------------------------------------------------------------------------- images

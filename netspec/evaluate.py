@@ -10,8 +10,8 @@ Darknet's rules (``validate_detector_map``), reproduced here:
   the envelope at 11 (VOC 2007) or 101 (COCO-style) recall points; mAP is the mean over *all* classes, including
   those without any truth;
 - at ``conf_thresh``: a detection above it is a TP when it matched a truth that no detection before it *in the same
-  image* (box order, then class order, any probability) matched, else an FP; average IoU is the sum of the TPs' IoU
-  over TP + FP.  These are the TP/FP counts Darknet prints per class.
+  image* (rows in the order Darknet's NMS leaves them, then class order, any probability) matched, else an FP;
+  average IoU is the sum of the TPs' IoU over TP + FP.  These are the TP/FP counts Darknet prints per class.
 
 Memory is bounded by the detections kept (a probability, a class and a truth index each), not by the images.
 Where Darknet divides by zero (no detection above the threshold), precision, recall, F1 and average IoU are 0.
@@ -411,7 +411,7 @@ def evaluate_set(net: Network, labelled: LabelledSet, acc: MapAccumulator, *, le
             sizes = [s[2] for s in samples]
             with torch.inference_mode():
                 dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45,
-                                          letterbox=letterbox)
+                                          letterbox=letterbox, darknet_order=True)
             for (index, _, size, labels, hard, _), d in zip(samples, dets):
                 image_id = labelled.coco["_netspec_image_ids"][index] if labelled.coco else None
                 acc.add(d.boxes, d.probs, labels, image_size=size, image_id=image_id, difficult=hard)

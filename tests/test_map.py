@@ -44,7 +44,8 @@ def vector(tmp_path_factory):
     images = torch.stack([s[1] for s in samples])
     sizes = [s[2] for s in samples]
     with torch.inference_mode():
-        dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45, letterbox=False)
+        dets = darknet_detections(net, images, sizes, thresh=0.005, hier_thresh=0, nms=0.45, letterbox=False,
+                                  darknet_order=True)
     expected = json.loads((VECTOR / "darknet-map.json").read_text())
     return {"weights": weights, "data": data, "labelled": labelled, "images": images, "sizes": sizes, "dets": dets,
             "runs": expected["runs"]}
@@ -86,7 +87,7 @@ def test_cli_json_on_the_vector(vector, monkeypatch, capsys):
     import netspec.detection
 
     def cached(net, images, sizes, **kwargs):
-        assert kwargs == {"thresh": 0.005, "hier_thresh": 0, "nms": 0.45, "letterbox": False}
+        assert kwargs == {"thresh": 0.005, "hier_thresh": 0, "nms": 0.45, "letterbox": False, "darknet_order": True}
         index = [i for i in range(len(vector["sizes"])) if torch.equal(vector["images"][i], images[0])][0]
         assert torch.equal(images, vector["images"][index:index + len(images)])
         assert list(sizes) == vector["sizes"][index:index + len(images)]
@@ -265,3 +266,26 @@ def test_cli_difficult_list(tiny, capsys):
     (tiny / "hard.txt").write_text("hard/a.png\n")
     assert run_map(tiny, "--json") == 1
     assert "obj.data:4: the difficult list has 1 images but valid has 2" in capsys.readouterr().err
+
+
+def test_darknet_order_is_the_order_darknets_nms_sorts_leave(tiny):
+    """darknet_detections(darknet_order=True): rows as do_nms_sort leaves dets (a stable sort per class in turn,
+    by the probabilities before suppression), the same rows as in candidate order."""
+    import netspec
+    from netspec.detection import darknet_detections
+
+    net = netspec.build(tiny / "tiny.cfg")
+    netspec.load_darknet_weights(net, tiny / "tiny.weights")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    raw = darknet_detections(net.eval(), x, thresh=0.005, nms=0)
+    plain = darknet_detections(net, x, thresh=0.005, nms=0.45)
+    ordered = darknet_detections(net, x, thresh=0.005, nms=0.45, darknet_order=True)
+    for r, p, o in zip(raw, plain, ordered):
+        rows = list(range(len(r)))
+        for k in range(r.probs.shape[1]):
+            rows.sort(key=lambda i: -float(r.probs[i, k]))  # Python's sort is stable, as glibc's qsort
+        survivor = {tuple(b): n for n, b in enumerate(p.boxes.tolist())}  # candidate row -> row in plain
+        candidate = [survivor.get(tuple(b)) for b in r.boxes.tolist()]
+        expected = [candidate[i] for i in rows if candidate[i] is not None]
+        assert len(o) == len(p) == len(expected) > 1 and expected != sorted(expected)
+        assert torch.equal(o.boxes, p.boxes[expected]) and torch.equal(o.probs, p.probs[expected])
