@@ -446,6 +446,12 @@ def test_batches_are_the_same_for_any_worker_count_and_resume(shapes_set):
     assert not torch.equal(other[0][0], full[0][0])
 
 
+def test_one_channel_cfgs_get_grey_images(shapes_set):
+    s = settings(width=64, height=64, channels=1, jitter=0.2, hue=0.1, exposure=1.5, mosaic=True)
+    images, targets = next(iter(make_loader(DetectionDataset(shapes_set, s), 4, stop=1, workers=0)))
+    assert images.shape == (4, 1, 64, 64) and len(targets)
+
+
 def test_ranks_split_each_iteration(shapes_set):
     ds = DetectionDataset(shapes_set, settings(width=64, height=64), seed=1)
     whole = list(make_loader(ds, 4, stop=2, workers=0))
