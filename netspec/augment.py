@@ -367,7 +367,7 @@ def fill_truth(labels: np.ndarray, crop: Crop, w: int, h: int, classes: int, max
     keep = ~invalid[:n] & (cls[:n] < classes) & (nw[:n] >= f32(1 / w)) & (nh[:n] >= f32(1 / h))
     keep &= (nx[:n] > 0) & (nx[:n] <= 1) & (ny[:n] > 0) & (ny[:n] <= 1)
     truth = np.stack([nx[:n], ny[:n], nw[:n], nh[:n], cls[:n]], 1)[keep].astype(np.float32)
-    min_side = _trunc(float(min(np.minimum(truth[:, 2] * w, truth[:, 3] * h).min(), 1e9))) if len(truth) else 0
+    min_side = _trunc(float(np.minimum(truth[:, 2] * w, truth[:, 3] * h).min())) if len(truth) else 0
     return truth, min_side
 
 
