@@ -74,7 +74,7 @@ def _heads(net) -> list:
         module = net.layers[index]
         if not getattr(module, "decodes_boxes", False):
             raise DetectError(f"{_describe(net, index)}: netspec cannot decode this head into boxes "
-                              "(hierarchical tree= classes are not supported)")
+                              "(a tree= head whose hierarchy file could not be read, or a head without a decoder)")
         modules.append(module)
         classes.add(int(module.classes))
     if len(classes) > 1:
@@ -118,9 +118,9 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
     as Darknet's ``if (nms)``).  ``darknet_order=True`` returns the rows in the order Darknet's NMS leaves
     its ``dets`` (one stable sort by each class's probability in turn, so the last class's decides: the
     order ``detector map`` walks when it counts at-threshold TPs); otherwise in candidate order.
-    ``hier_thresh`` only concerns hierarchical heads (which Darknet's ``get_network_boxes`` decodes without
-    it, and netspec does not decode).  Everything stays on the
-    device of ``images``.
+    ``hier_thresh`` is accepted for Darknet's signature: its ``detector test`` decodes hierarchical (tree=)
+    heads without it (the deepest class above 0.5), and so does netspec.  Everything stays on the device of
+    ``images``.
     """
     heads = _heads(net)
     _check_input(net, images)
@@ -142,10 +142,11 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
         boxes, objectness, probs, pixels = [], [], [], []
         for hb in decoded:
             p = hb.probs[i]
-            p = torch.where(p > thresh, p, torch.zeros_like(p))
+            if hb.thresholded:
+                p = torch.where(p > thresh, p, torch.zeros_like(p))
             keep = (p > 0).any(1)
-            if hb.gated:
-                keep &= hb.objectness[i] > thresh
+            if hb.gate is not None:
+                keep &= hb.gate[i] > thresh
             b = hb.boxes[i][keep]
             if hb.correct is not None:
                 b = hb.correct(b, int(img_w), int(img_h), net_w, net_h, letterbox)

@@ -80,8 +80,9 @@ def _at_size(net: nn.Module, width: int | None, height: int | None) -> nn.Module
 def _check_decodable(module: nn.Module, spec) -> None:
     """The head's ``decode_boxes`` hook (the decoder ``netspec.detect`` uses too) must exist for it."""
     if not getattr(module, "decodes_boxes", False):
-        raise NetspecError(f"{_describe(spec)}: netspec cannot decode this head into boxes (a hierarchical tree= "
-                           "[region] or a head without a decoder); export without decode to get its buffer")
+        raise NetspecError(f"{_describe(spec)}: netspec cannot decode this head into boxes (a tree= [region] whose "
+                           "hierarchy file could not be read, or a head without a decoder); export without decode to "
+                           "get its buffer")
 
 
 def _pixel_corners(boxes: torch.Tensor, in_w: int, in_h: int) -> torch.Tensor:

@@ -65,3 +65,69 @@ def test_decode_hook_exists_on_every_head_kind(kind):
         buf = net(torch.rand(1, 3, 16, 32))[0]
         hb = module.decode_boxes(buf)
         assert hb.boxes.shape[:2] == hb.probs.shape[:2] == hb.objectness.shape
+
+
+TREE = "a -1\nb -1\nc 0\nd 0\ne 1\nf 2\ng 2\n"  # groups: {a, b}, {c, d} under a, {e} under b, {f, g} under c
+
+
+def _reference_tree_detections(buf: np.ndarray, parents: list[int], thresh: float) -> list[tuple[int, int, float]]:
+    """region_layer.c get_region_boxes with a tree: hierarchy_predictions, then from the last class down the
+    first one above 0.5 is kept (its probability, if the objectness is above thresh), the others zeroed."""
+    found = []
+    h, w, a, _ = buf.shape
+    for i in range(h * w):
+        for n in range(a):
+            v = buf[i // w, i % w, n]
+            scale, p = v[4], list(v[5:].astype(np.float64))
+            for j in range(len(p)):
+                if parents[j] >= 0:
+                    p[j] *= p[parents[j]]
+            kept = False
+            for j in range(len(p) - 1, -1, -1):
+                if not kept and p[j] > 0.5:
+                    kept = True
+                    if scale > thresh:
+                        found.append((i * a + n, j, p[j]))
+    return found
+
+
+def test_hierarchical_region_decodes_like_darknet(tmp_path):
+    (tmp_path / "tree.txt").write_text(TREE)
+    cfg = tmp_path / "tree.cfg"
+    cfg.write_text(NET.format(w=32, h=16) + "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n[region]\n"
+                   "anchors=1,1, 2,3\nclasses=7\nnum=2\nsoftmax=1\ntree=tree.txt\n")
+    net = netspec.build(cfg, seed=7).eval()
+    with torch.no_grad():
+        net.layers[0].conv.weight.mul_(8)  # confident enough that some hierarchical products pass 0.5
+    x = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        (buf,) = net(x)
+    head = net.layers[net.outputs[0]]
+    assert head.decodes_boxes and head.tree_parents == [-1, -1, 0, 0, 1, 2, 2]
+    want = _reference_tree_detections(buf[0].numpy(), head.tree_parents, 0.2)
+    assert want
+    (dets,) = darknet_detections(net, x, thresh=0.2, nms=0)
+    hb = head.decode_boxes(buf)
+    keep = (hb.probs[0] > 0).any(1) & (hb.gate[0] > 0.2)
+    rows = torch.nonzero(keep).flatten().tolist()
+    got = [(rows[b], int(k), float(p)) for b, k, p in zip(*dets.objects())]
+    assert [(i, k) for i, k, _ in got] == [(i, k) for i, k, _ in want]
+    np.testing.assert_allclose([p for *_, p in got], [p for *_, p in want], rtol=1e-5)
+
+
+def test_hierarchical_region_exports_its_decoding(tmp_path):
+    (tmp_path / "tree.txt").write_text(TREE)
+    cfg = tmp_path / "tree.cfg"
+    cfg.write_text(NET.format(w=32, h=16) + "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n[region]\n"
+                   "anchors=1,1, 2,3\nclasses=7\nnum=2\nsoftmax=1\ntree=tree.txt\n")
+    net = netspec.build(cfg, seed=7).eval()
+    with torch.no_grad():
+        net.layers[0].conv.weight.mul_(8)
+    x = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(8))
+    export_onnx(net, tmp_path / "tree.onnx", decode=True)
+    session = ort.InferenceSession(str(tmp_path / "tree.onnx"), providers=["CPUExecutionProvider"])
+    _, scores = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        hb = net.layers[net.outputs[0]].decode_boxes(net(x)[0])
+    assert (scores > 0.5).any()
+    np.testing.assert_allclose(scores[0], hb.probs[0].numpy(), rtol=1e-5, atol=1e-6)

@@ -26,11 +26,12 @@ class HeadBoxes:
     boxes: torch.Tensor  # (B, N, 4): centre x, y, width, height relative to the network input
     objectness: torch.Tensor  # (B, N): Darknet's ``dets[i].objectness``
     probs: torch.Tensor  # (B, N, classes): Darknet's per-class probability before thresholding
-    gated: bool  # Darknet makes a detection only where objectness > thresh (else every candidate is one)
+    gate: Optional[torch.Tensor]  # (B, N): a detection only where this is > thresh (None: every candidate)
     correct: Optional[Correction]  # maps boxes back onto the original image (None: they already are)
     nms_kind: str = "default"  # the head's nms_kind= (Darknet uses the last head's)
     beta_nms: float = 0.6
     darknet_pixels: bool = False  # Darknet's get_network_boxes leaves these boxes in image pixels (YOLOv1)
+    thresholded: bool = True  # Darknet zeroes the probabilities at or below thresh (not for tree= heads)
 
 
 def _letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int, letterbox: bool) -> tuple[int, int]:
@@ -107,7 +108,7 @@ def decode_yolo(head, buf: torch.Tensor) -> HeadBoxes:
     n = h * w * a
     boxes = torch.stack([bx, by, bw, bh], -1).reshape(-1, n, 4)
     extra = head.extra
-    return HeadBoxes(boxes, obj.reshape(-1, n), probs.reshape(-1, n, head.classes), True,
+    return HeadBoxes(boxes, obj.reshape(-1, n), probs.reshape(-1, n, head.classes), obj.reshape(-1, n),
                      correct_gaussian_yolo_boxes if gaussian else correct_yolo_boxes,
                      extra.get("nms_kind", "default"), extra.get("beta_nms", 0.6))
 
@@ -123,11 +124,34 @@ def decode_region(head, buf: torch.Tensor) -> HeadBoxes:
     by = (rows + torch.sigmoid(v[..., 1])) / h
     bw = torch.exp(v[..., 2]) * anchors[:, 0] / w  # Darknet's DOABS
     bh = torch.exp(v[..., 3]) * anchors[:, 1] / h
-    probs = v[..., 4:5] * v[..., 5:]
     n = h * w * a
     boxes = torch.stack([bx, by, bw, bh], -1).reshape(-1, n, 4)
-    return HeadBoxes(boxes, torch.ones_like(probs[..., 0]).reshape(-1, n), probs.reshape(-1, n, head.classes),
-                     False, correct_yolo_boxes)
+    ones = torch.ones_like(v[..., 4]).reshape(-1, n)
+    if head.tree is None:
+        probs = v[..., 4:5] * v[..., 5:]
+        return HeadBoxes(boxes, ones, probs.reshape(-1, n, head.classes), None, correct_yolo_boxes)
+    # tree=: hierarchy_predictions (each class times its ancestors), then the deepest class above 0.5 (the
+    # last one in file order) alone, its probability not scaled by the objectness, which gates it instead
+    probs = _tree_probabilities(v[..., 5:], head.tree_parents).reshape(-1, n, head.classes)
+    return HeadBoxes(boxes, ones, probs, v[..., 4].reshape(-1, n), correct_yolo_boxes, thresholded=False)
+
+
+def _tree_probabilities(cls: torch.Tensor, parents: list[int]) -> torch.Tensor:
+    k = cls.shape[-1]
+    parent = torch.tensor(parents, dtype=torch.long, device=cls.device)
+    has_parent = parent >= 0
+    safe = parent.clamp(min=0)
+    depth, level = 0, parent.tolist()
+    while any(p >= 0 for p in level) and depth < k:  # the longest chain of ancestors
+        level = [parents[p] if p >= 0 else -1 for p in level]
+        depth += 1
+    p = cls
+    for _ in range(depth):  # p[j] = cls[j] * p[parent[j]], settled from the roots down
+        p = cls * torch.where(has_parent, p.index_select(-1, safe), torch.ones_like(p))
+    above = p > 0.5
+    index = torch.arange(k, device=cls.device)
+    last = torch.where(above, index, torch.full_like(index, -1)).amax(-1, keepdim=True)
+    return torch.where(index == last, p, torch.zeros_like(p))
 
 
 def decode_detection(head, buf: torch.Tensor) -> HeadBoxes:
@@ -150,4 +174,4 @@ def decode_detection(head, buf: torch.Tensor) -> HeadBoxes:
         bw, bh = bw * bw, bh * bh
     boxes = torch.stack([bx, by, bw, bh], -1).reshape(-1, cells * n, 4)
     probs = (scale[..., None] * cls).reshape(-1, cells * n, k)
-    return HeadBoxes(boxes, scale.reshape(-1, cells * n), probs, False, None, darknet_pixels=True)
+    return HeadBoxes(boxes, scale.reshape(-1, cells * n), probs, None, None, darknet_pixels=True)

@@ -231,18 +231,36 @@ def read_tree(path: str) -> list[tuple[int, int]]:
     return groups
 
 
+def _tree_candidates(spec: LayerSpec) -> list[str]:
+    """Where the ``tree=`` file is looked for: the working directory, then beside the cfg."""
+    name = spec.p.tree
+    candidates = [name]
+    if spec.path and not os.path.isabs(name):
+        candidates.append(os.path.join(os.path.dirname(spec.path), name))
+    return candidates
+
+
+def read_tree_parents(path: str) -> list[int]:
+    """The parent of each class of a Darknet hierarchy file (-1 for a root), in file order."""
+    if not os.path.isfile(path):  # as read_tree: a device would be read forever
+        raise ValueError(f"{path} is not a regular file")
+    parents = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields:
+                parents.append(int(fields[1]) if len(fields) > 1 else -1)
+    return parents
+
+
 def load_tree(spec: LayerSpec, ctx: BuildContext) -> list[tuple[int, int]] | None:
     """The groups of the ``tree=`` file, looked up from the working directory and then beside the cfg.
 
     A missing file is a warning, and the layer falls back to one softmax over all classes."""
-    import os
-
     name = spec.p.tree
     if name is None:
         return None
-    candidates = [name]
-    if spec.path and not os.path.isabs(name):
-        candidates.append(os.path.join(os.path.dirname(spec.path), name))
+    candidates = _tree_candidates(spec)
     c, h, w = spec.in_shape
     expected = spec.p.classes if spec.type == "region" else c * h * w
     for candidate in candidates:
@@ -297,10 +315,12 @@ class RegionBuffer(nn.Module):
             cls = torch.softmax(cls, dim=-1)
         return torch.cat(parts + [cls], dim=-1).contiguous()
 
+    tree_parents: list[int] | None = None  # with tree=: each class's parent (Darknet's hierarchy)
+
     @property
     def decodes_boxes(self) -> bool:
-        """A hierarchical (tree=) head's classes are not decoded into boxes by netspec."""
-        return self.tree is None
+        """A hierarchical (tree=) head decodes when its hierarchy was read."""
+        return self.tree is None or self.tree_parents is not None
 
     def decode_boxes(self, buf: torch.Tensor):
         """Every candidate box of this head (see :class:`netspec.sections.head_decode.HeadBoxes`)."""
@@ -350,8 +370,16 @@ class Region(Section):
     def module(self, spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         p = spec.p
         tree = load_tree(spec, ctx)
-        return RegionBuffer(p.num, p.coords, p.classes, bool(p.softmax), _anchor_pairs(p, p.num, 2 * p.num), tree,
-                            (ctx.net.width, ctx.net.height))
+        module = RegionBuffer(p.num, p.coords, p.classes, bool(p.softmax), _anchor_pairs(p, p.num, 2 * p.num), tree,
+                              (ctx.net.width, ctx.net.height))
+        if tree is not None:  # the box decoding needs the hierarchy itself (hierarchy_predictions)
+            for candidate in _tree_candidates(spec):
+                try:
+                    module.tree_parents = read_tree_parents(candidate)
+                    break
+                except (OSError, ValueError, IndexError):
+                    continue
+        return module
 
 
 class DetectionBuffer(nn.Module):
