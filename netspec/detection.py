@@ -160,7 +160,7 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
             p = darknet_nms(b, p, nms, last.nms_kind, last.beta_nms)
             if darknet_order:
                 order = darknet_nms_order(raw)
-                b, o, p = b[order], o[order], p[order]
+                b, o, p, px = b[order], o[order], p[order], px[order]
             alive = (p > 0).any(1)
             b, o, p, px = b[alive], o[alive], p[alive], px[alive]
         results.append(Dets(b, o, p, px if any(hb.darknet_pixels for hb in decoded) else None))

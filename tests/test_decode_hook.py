@@ -91,15 +91,20 @@ def _reference_tree_detections(buf: np.ndarray, parents: list[int], thresh: floa
     return found
 
 
-def test_hierarchical_region_decodes_like_darknet(tmp_path):
+def _tree_net(tmp_path):
+    """A [region] with a 7-class hierarchy, confident enough that some hierarchical products pass 0.5."""
     (tmp_path / "tree.txt").write_text(TREE)
     cfg = tmp_path / "tree.cfg"
     cfg.write_text(NET.format(w=32, h=16) + "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n[region]\n"
                    "anchors=1,1, 2,3\nclasses=7\nnum=2\nsoftmax=1\ntree=tree.txt\n")
     net = netspec.build(cfg, seed=7).eval()
     with torch.no_grad():
-        net.layers[0].conv.weight.mul_(8)  # confident enough that some hierarchical products pass 0.5
-    x = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(8))
+        net.layers[0].conv.weight.mul_(8)
+    return net, torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(8))
+
+
+def test_hierarchical_region_decodes_like_darknet(tmp_path):
+    net, x = _tree_net(tmp_path)
     with torch.no_grad():
         (buf,) = net(x)
     head = net.layers[net.outputs[0]]
@@ -116,14 +121,7 @@ def test_hierarchical_region_decodes_like_darknet(tmp_path):
 
 
 def test_hierarchical_region_exports_its_decoding(tmp_path):
-    (tmp_path / "tree.txt").write_text(TREE)
-    cfg = tmp_path / "tree.cfg"
-    cfg.write_text(NET.format(w=32, h=16) + "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n[region]\n"
-                   "anchors=1,1, 2,3\nclasses=7\nnum=2\nsoftmax=1\ntree=tree.txt\n")
-    net = netspec.build(cfg, seed=7).eval()
-    with torch.no_grad():
-        net.layers[0].conv.weight.mul_(8)
-    x = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(8))
+    net, x = _tree_net(tmp_path)
     export_onnx(net, tmp_path / "tree.onnx", decode=True)
     session = ort.InferenceSession(str(tmp_path / "tree.onnx"), providers=["CPUExecutionProvider"])
     _, scores = session.run(None, {"images": x.numpy()})
