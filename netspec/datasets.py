@@ -293,8 +293,8 @@ def read_coco(instances_json: str | os.PathLike, image_dir: str | os.PathLike | 
     """A COCO ``instances_*.json`` as ``([(image_path, labels (N, 5)), ...], names)``.
 
     Categories are numbered 0.. in the order of their COCO ids; crowd annotations are left out (COCOeval ignores
-    them too).  Images are looked for in ``image_dir``, else beside the json, in ``../<split>/`` or
-    ``../images/<split>/`` (``split`` from ``instances_<split>.json``)."""
+    them too).  Images are looked for in ``image_dir``, else beside the json, in ``../<split>/``,
+    ``../images/<split>/`` (``split`` from ``instances_<split>.json``) or ``../``: the first holding the first image."""
     samples, names, _ = _read_coco(os.fspath(instances_json), image_dir)
     return samples, names
 
@@ -304,7 +304,7 @@ def _coco_image_dir(json_path: str, coco: dict) -> str:
     stem = Path(json_path).stem
     split = stem[len("instances_"):] if stem.startswith("instances_") else stem
     candidates = [folder, os.path.join(folder, "..", split), os.path.join(folder, "..", "images", split),
-                  os.path.join(folder, split), os.path.join(folder, "images")]
+                  os.path.join(folder, ".."), os.path.join(folder, split), os.path.join(folder, "images")]
     first = next((img["file_name"] for img in coco["images"]), None)
     for c in candidates:
         if first is None or os.path.exists(os.path.join(c, first)):

@@ -237,3 +237,14 @@ def test_coco_metrics_equal_cocoeval_on_the_same_json():
     assert list(result.coco.values()) == pytest.approx(list(ev.stats), abs=1e-12)
     assert coco_metrics(gt, dets) == result.coco
     assert 0 < result.coco["ap50"] <= 1 and "coco" in result.to_json()
+
+
+def test_evaluate_map_is_the_accumulator_over_an_iterable():
+    from netspec.evaluate import evaluate_map
+
+    truth = torch.tensor([[0, 0.5, 0.5, 0.2, 0.2]])
+    samples = [(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), one_hot([(0, 0.9)], 2), truth),
+               (torch.tensor([[0.1, 0.1, 0.1, 0.1]]), one_hot([(1, 0.6)], 2), truth)]
+    result = evaluate_map(samples, 2, points=11)
+    assert result.classes[0].ap == pytest.approx(6 / 11) and result.map == pytest.approx(3 / 11)  # recall 0 .. 0.5
+    assert (result.tp, result.fp, result.fn, result.images) == (1, 1, 1, 2)

@@ -289,3 +289,52 @@ def test_darknet_order_is_the_order_darknets_nms_sorts_leave(tiny):
         expected = [candidate[i] for i in rows if candidate[i] is not None]
         assert len(o) == len(p) == len(expected) > 1 and expected != sorted(expected)
         assert torch.equal(o.boxes, p.boxes[expected]) and torch.equal(o.probs, p.probs[expected])
+
+
+def test_cli_coco_json_as_the_labelled_set(tiny, capsys):
+    """valid= a COCO instances json: the same Darknet numbers as the YOLO labels it was made from, and --coco reads
+    the json itself as ground truth (its own image and category ids)."""
+    from PIL import Image
+
+    assert run_map(tiny, "--json", "--coco") == 0
+    from_labels = json.loads(capsys.readouterr().out)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]}
+    for image_id, name in ((10, "a.png"), (20, "b.jpg")):
+        w, h = Image.open(tiny / name).size
+        coco["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for line in (tiny / name).with_suffix(".txt").read_text().splitlines():
+            c, x, y, bw, bh = (float(v) for v in line.split())
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": (5, 9)[int(c)], "iscrowd": 0, "area": bw * w * bh * h,
+                                        "bbox": [(x - bw / 2) * w, (y - bh / 2) * h, bw * w, bh * h]})
+    (tiny / "annotations").mkdir()
+    (tiny / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    (tiny / "obj.data").write_text("classes=2\nvalid=annotations/instances_val.json\nnames=obj.names\n")
+    for name in ("a.txt", "b.txt"):
+        os.remove(tiny / name)  # only the json holds the truth now
+    assert cli.main(["map", str(tiny / "obj.data"), str(tiny / "tiny.cfg"), "--weights", str(tiny / "tiny.weights"),
+                     "--workers", "2", "--json", "--coco"]) == 0
+    from_coco = json.loads(capsys.readouterr().out)
+    assert from_coco["map"] == pytest.approx(from_labels["map"], abs=1e-6)
+    assert [c["tp"] for c in from_coco["classes"]] == [c["tp"] for c in from_labels["classes"]]
+    assert from_coco["at_conf_0.25"] == pytest.approx(from_labels["at_conf_0.25"], abs=1e-6)
+    assert from_coco["coco"] == pytest.approx(from_labels["coco"], abs=1e-6)
+
+
+def test_bad_image_in_a_worker_is_one_line(tiny, capsys):
+    (tiny / "b.jpg").write_bytes(b"not a jpeg")
+    assert cli.main(["map", str(tiny / "obj.data"), str(tiny / "tiny.cfg"), "--weights", str(tiny / "tiny.weights"),
+                     "--workers", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.jpg" in err[0]
+
+
+def test_progress_bar_goes_to_stderr(tiny, capsys):
+    import netspec
+    from netspec.evaluate import evaluate_set
+
+    net = netspec.build(tiny / "tiny.cfg")
+    acc = MapAccumulator(2)
+    evaluate_set(net.fuse().eval(), labelled_set(tiny / "valid.txt", 2), acc, letterbox=False, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "2/2" in captured.err
