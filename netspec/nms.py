@@ -189,11 +189,39 @@ def _all_pairs(g: dict, cls: torch.Tensor, thresh: float, kind: str, beta: float
     return torch.cat(firsts), torch.cat(seconds)
 
 
-def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Darknet walks a class by descending probability; equal ones keep the item (box) order here
+def _directed(first: torch.Tensor, second: torch.Tensor, score: torch.Tensor,
+              tie: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Darknet walks a class by descending probability; equal ones in the order its sorts left them (tie)
     s1, s2 = _take(score, first), _take(score, second)
-    earlier = (s1 > s2) | ((s1 == s2) & (first < second))
+    earlier = (s1 > s2) | ((s1 == s2) & (_take(tie, first) < _take(tie, second)))
     return torch.where(earlier, first, second), torch.where(earlier, second, first)
+
+
+def _tie_order(probs: torch.Tensor, box_index: torch.Tensor, cls: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Each item's place among equal probabilities of its class, as Darknet's NMS meets them.
+
+    Darknet sorts all its detections by class 0's probability, walks them, then sorts that order by class 1's,
+    and so on; glibc's qsort is a stable merge sort, so equal probabilities of class k keep the order the
+    sorts of classes 0..k-1 left.  Without equal probabilities (the usual case) the box order serves."""
+    walk = torch.argsort(score, stable=True)
+    walk = _take(walk, torch.argsort(_take(cls, walk), stable=True))
+    s, c = _take(score, walk), _take(cls, walk)
+    if not bool(((s[1:] == s[:-1]) & (c[1:] == c[:-1])).any()):
+        return box_index
+    tied = torch.unique(_take(c, torch.nonzero((s[1:] == s[:-1]) & (c[1:] == c[:-1])).squeeze(1)))
+    tied_set = set(tied.tolist())
+    order = torch.arange(probs.shape[0], device=probs.device)
+    place = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    tie = box_index.clone()
+    for k in range(probs.shape[1]):
+        if k in tied_set:  # where each box stands just before class k's sort
+            place[order] = torch.arange(order.numel(), device=probs.device)
+            mine = cls == k
+            tie[mine] = _take(place, box_index[mine])
+        column = _take(probs[:, k], order)
+        if bool((column > 0).any()):  # an all-zero column is a no-op sort
+            order = _take(order, torch.argsort(column, descending=True, stable=True))
+    return tie
 
 
 def _crowded(plan: _Sweep, m: int) -> bool:
@@ -204,14 +232,15 @@ def _crowded(plan: _Sweep, m: int) -> bool:
 _ROUNDS = 64  # Darknet's walk for crowded classes: rounds of "keep each class's best, drop its overlaps"
 
 
-def _greedy_rounds(boxes: torch.Tensor, cls: torch.Tensor, score: torch.Tensor, thresh: float, kind: str,
-                   beta: float, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy_rounds(boxes: torch.Tensor, cls: torch.Tensor, score: torch.Tensor, tie: torch.Tensor, thresh: float,
+                   kind: str, beta: float, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Darknet's walk, every class at once: each round keeps the best undecided item of each class and
     suppresses the undecided items of its class that it overlaps.  Returns the suppressed mask and the items
     still undecided (all ranked below every kept one, so they form an NMS problem of their own)."""
     m = cls.numel()
     dev = cls.device
-    by_score = torch.argsort(-score, stable=True)
+    by_tie = torch.argsort(tie, stable=True)
+    by_score = _take(by_tie, torch.argsort(-_take(score, by_tie), stable=True))
     live = _take(by_score, torch.argsort(_take(cls, by_score), stable=True))  # walk order, class by class
     gone = torch.zeros(m, dtype=torch.bool, device=dev)
     top_of = torch.zeros(int(cls.max().item()) + 1, dtype=torch.long, device=dev)
@@ -236,7 +265,8 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
                 beta: float = 0.6) -> torch.Tensor:
     """Darknet's per-class NMS on ``boxes`` (K, 4) centre x, y, w, h and ``probs`` (K, C) (0 = absent):
     returns ``probs`` with the suppressed entries set to 0 (``do_nms_sort`` for ``default``/``cornersnms``,
-    ``diounms_sort`` for ``greedynms``/``diounms``).  Equal scores rank by box index."""
+    ``diounms_sort`` for ``greedynms``/``diounms``).  Equal probabilities rank as Darknet's chain of stable
+    sorts leaves them."""
     if kind not in NMS_KINDS:
         raise ValueError(f"unknown nms_kind {kind!r} (expected one of {', '.join(NMS_KINDS)})")
     out = probs.clone()
@@ -248,13 +278,14 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     b = boxes.float()
     dense = thresh < 0 or not bool((torch.isfinite(b).all() & (b[:, 2:] > 0).all()).item())
     item_boxes = _take(b, box_index)
+    tie = _tie_order(probs, box_index, cls, score)
     gone = torch.zeros(m, dtype=torch.bool, device=probs.device)
     rest = torch.arange(m, device=probs.device)
     geometry = _geometry(item_boxes)
     plan = None if dense else _plan(geometry, cls, thresh, dense)
     if plan is not None and _crowded(plan, m):
         # crowded classes: walk Darknet's order for a few rounds first; what is left is resolved at once
-        gone, rest = _greedy_rounds(item_boxes, cls, score, thresh, kind, beta, _ROUNDS)
+        gone, rest = _greedy_rounds(item_boxes, cls, score, tie, thresh, kind, beta, _ROUNDS)
         geometry, plan = _geometry(_take(item_boxes, rest)), None
     boxes_left = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
     boxes_left.index_fill_(0, _take(box_index, rest), True)
@@ -264,7 +295,7 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
         # few classes per box: sweep the items themselves, classes side by side
         first, second = _all_pairs(geometry, _take(cls, rest), thresh, kind, beta, dense, plan)
         if first.numel():
-            gone |= ~_resolve(m, *_directed(_take(rest, first), _take(rest, second), score))
+            gone |= ~_resolve(m, *_directed(_take(rest, first), _take(rest, second), score, tie))
     else:
         # many classes per box: overlaps are found once per pair of boxes, then shared by the classes
         active = torch.nonzero(boxes_left).squeeze(1)
@@ -279,6 +310,6 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
             c = _take(item, bj)[:, k0:k0 + group].reshape(-1)
             first, second = _keep((a >= 0) & (c >= 0), a, c)
             if first.numel():
-                gone |= ~_resolve(m, *_directed(first, second, score))
+                gone |= ~_resolve(m, *_directed(first, second, score, tie))
     out[box_index[gone], cls[gone]] = 0
     return out

@@ -40,11 +40,13 @@ def _diou(a, b, beta):
 
 
 def reference_nms(boxes: np.ndarray, probs: np.ndarray, thresh: float, kind: str, beta: float) -> np.ndarray:
-    """box.c: for each class, sort by prob (stable here), each live entry zeroes the later overlapping ones."""
+    """box.c: for each class, sort the detections by prob (glibc's qsort: a stable merge sort, of the order the
+    previous class's sort left), each live entry zeroes the later overlapping ones."""
     probs = probs.copy()
     n, classes = probs.shape
+    order = list(range(n))
     for k in range(classes):
-        order = sorted(range(n), key=lambda i: -probs[i, k])
+        order = sorted(order, key=lambda i: -probs[i, k])
         for a_pos, i in enumerate(order):
             if probs[i, k] == 0:
                 continue
@@ -150,4 +152,19 @@ def test_walking_rounds_then_resolving_the_rest_is_exact(rounds, classes_per_box
     for kind in ("default", "greedynms"):
         want = reference_nms(boxes, probs, 0.45, kind, 0.6)
         got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.45, kind).numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("crowded,classes,zero_fraction", [(False, 4, 0.3), (True, 4, 0.3), (False, 10, 0.05)])
+def test_equal_probabilities_rank_as_darknets_chain_of_sorts(crowded, classes, zero_fraction, monkeypatch):
+    import netspec.nms
+
+    if crowded:
+        monkeypatch.setattr(netspec.nms, "_crowded", lambda *args: True)
+        monkeypatch.setattr(netspec.nms, "_ROUNDS", 2)
+    boxes, probs = _scene(13, 80, classes, zero_fraction=zero_fraction)  # 10 classes: the box-pair path
+    probs = (np.ceil(probs * 3) / 3).astype(np.float32)  # three values only: ties everywhere
+    for kind in ("default", "diounms"):
+        want = reference_nms(boxes, probs, 0.3, kind, 0.6)
+        got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.3, kind).numpy()
         np.testing.assert_array_equal(got, want)
