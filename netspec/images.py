@@ -27,10 +27,13 @@ class ImageError(NetspecError, ValueError):
 def _pil_to_array(img, name: str) -> np.ndarray:
     """Pillow image → uint8 (H, W, 3) as stb_image would decode it with 3 requested channels."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
         # 16-bit grey (Pillow keeps the full range): stb keeps the high byte of each sample
         grey = np.asarray(img).astype(np.int64)
         grey = np.clip(grey >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "I":  # 32-bit integer samples (TIFF, ...): taken as 8-bit values
+        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
         raise ImageError(f"{name}: floating-point images are not supported (expected 8- or 16-bit samples)")
