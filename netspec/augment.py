@@ -270,9 +270,11 @@ def draw_crop(rng, ow: int, oh: int, w: int, h: int, s: AugmentSettings, mosaic_
     return Crop(ow, oh, pleft, ptop, pright, pbot, swidth, sheight, flip, dhue, dsat, dexp, blur, noise)
 
 
-def crop_resize(img, crop: Crop, w: int, h: int):
+def crop_resize(img, crop: Crop, w: int, h: int, region: tuple[int, int, int, int] | None = None):
     """The crop rect of a PIL picture (outside it: the picture's mean colour) resized bilinearly to ``w x h``
-    (OpenCV's INTER_LINEAR: half-pixel centres, edge pixels repeated, no antialiasing), then flipped."""
+    (OpenCV's INTER_LINEAR: half-pixel centres, edge pixels repeated, no antialiasing), then flipped.
+    ``region`` ``(x, y, width, height)``: only that part of the result (each output pixel is computed on its own,
+    so it equals the same part of the whole, up to a rounding of one level in rare pixels)."""
     from PIL import Image, ImageStat
 
     src = (crop.pleft, crop.ptop, crop.pleft + crop.swidth, crop.ptop + crop.sheight)
@@ -283,8 +285,15 @@ def crop_resize(img, crop: Crop, w: int, h: int):
         if inside[2] > inside[0] and inside[3] > inside[1]:
             canvas.paste(img.crop(inside), (inside[0] - src[0], inside[1] - src[1]))
         img = canvas
-    if img.size != (w, h):
-        img = img.transform((w, h), Image.Transform.AFFINE, (crop.swidth / w, 0, 0, 0, crop.sheight / h, 0),
+    x0, y0, rw, rh = region or (0, 0, w, h)
+    if crop.flip:
+        x0 = w - x0 - rw  # the region before the mirror
+    if img.size == (w, h):
+        if (x0, y0, rw, rh) != (0, 0, w, h):
+            img = img.crop((x0, y0, x0 + rw, y0 + rh))
+    else:
+        sx, sy = crop.swidth / w, crop.sheight / h
+        img = img.transform((rw, rh), Image.Transform.AFFINE, (sx, 0, sx * x0, 0, sy, sy * y0),
                             resample=Image.BILINEAR)
     if crop.flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -390,19 +399,25 @@ def mosaic_shifts(crop: Crop, w: int, h: int, cut_x: int, cut_y: int) -> tuple[i
             min(cut_y, max(0, cdiv(-crop.ptop * h, crop.oh))), min(h - cut_y, max(0, cdiv(-crop.pbot * h, crop.oh))))
 
 
-def place_mosaic_tile(canvas: np.ndarray, tile: np.ndarray, k: int, cut_x: int, cut_y: int,
-                      shifts: tuple[int, int, int, int]) -> None:
-    """Copy tile ``k`` (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) of the mosaic into ``canvas``."""
-    h, w = canvas.shape[:2]
+def mosaic_tile_source(k: int, w: int, h: int, cut_x: int, cut_y: int, shifts: tuple[int, int, int, int]
+                       ) -> tuple[int, int, int, int]:
+    """The part ``(x, y, width, height)`` of tile ``k``'s augmented picture that the mosaic shows: the corner
+    nearest the cut point, past the border its crop added (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)."""
     left_shift, right_shift, top_shift, bot_shift = shifts
+    tw, th = (cut_x if k in (0, 2) else w - cut_x), (cut_y if k < 2 else h - cut_y)
+    x0 = w - cut_x - right_shift if k in (0, 2) else left_shift
     y0 = h - cut_y - bot_shift if k < 2 else top_shift
-    rows = slice(0, cut_y) if k < 2 else slice(cut_y, h)
-    n_rows = cut_y if k < 2 else h - cut_y
-    if k in (0, 2):
-        x0 = w - cut_x - right_shift
-        canvas[rows, :cut_x] = tile[y0:y0 + n_rows, x0:x0 + cut_x]
-    else:
-        canvas[rows, cut_x:] = tile[y0:y0 + n_rows, left_shift:left_shift + w - cut_x]
+    return x0, y0, tw, th
+
+
+def place_mosaic_tile(canvas: np.ndarray, tile: np.ndarray, k: int, cut_x: int, cut_y: int,
+                      shifts: tuple[int, int, int, int], whole: bool = True) -> None:
+    """Copy tile ``k`` into ``canvas``: from the whole augmented picture, or (``whole=False``) ``tile`` is already
+    just its :func:`mosaic_tile_source` part."""
+    h, w = canvas.shape[:2]
+    x0, y0, tw, th = mosaic_tile_source(k, w, h, cut_x, cut_y, shifts)
+    top, left = (0 if k < 2 else cut_y), (0 if k in (0, 2) else cut_x)
+    canvas[top:top + th, left:left + tw] = tile[y0:y0 + th, x0:x0 + tw] if whole else tile
 
 
 def mosaic_truth(existing: np.ndarray, truth: np.ndarray, k: int, w: int, h: int, cut_x: int, cut_y: int,
@@ -461,15 +476,17 @@ def augment_one(rng, primary: int, n_pictures: int, picture: Picture, s: Augment
     if use_mosaic:
         cut_x = int(rng.integers(_trunc(w * 0.2), _trunc(w * 0.8) + 1))
         cut_y = int(rng.integers(_trunc(h * 0.2), _trunc(h * 0.8) + 1))
-        canvas = None
+        canvas = np.zeros((h, w, s.channels), np.uint8)
         truth = np.zeros((0, 5), np.float32)
         for k in range(4):
             index = primary if k == 0 else int(rng.integers(0, n_pictures))
-            tile, tile_truth, crop = _one_picture(rng, picture(index), s, w, h, k)
-            if canvas is None:
-                canvas = np.zeros_like(tile)
+            img, crop, tile_truth, blur = _prepare(rng, picture(index), s, w, h, k)
             shifts = mosaic_shifts(crop, w, h, cut_x, cut_y)
-            place_mosaic_tile(canvas, tile, k, cut_x, cut_y, shifts)
+            # only the part the mosaic shows is rendered (a quarter of the work on average); blur needs the
+            # whole picture around it
+            region = None if blur else mosaic_tile_source(k, w, h, cut_x, cut_y, shifts)
+            tile = _render(rng, img, crop, tile_truth, blur, w, h, region)
+            place_mosaic_tile(canvas, tile, k, cut_x, cut_y, shifts, whole=region is None)
             truth = mosaic_truth(truth, tile_truth, k, w, h, cut_x, cut_y, shifts, s.max_boxes, s.mosaic_bound)
         return canvas, truth
     pixels, truth, _ = _one_picture(rng, picture(primary), s, w, h, None)
@@ -481,6 +498,12 @@ def augment_one(rng, primary: int, n_pictures: int, picture: Picture, s: Augment
 
 
 def _one_picture(rng, loaded: tuple, s: AugmentSettings, w: int, h: int, mosaic_piece: int | None):
+    img, crop, truth, blur = _prepare(rng, loaded, s, w, h, mosaic_piece)
+    return _render(rng, img, crop, truth, blur, w, h), truth, crop
+
+
+def _prepare(rng, loaded: tuple, s: AugmentSettings, w: int, h: int, mosaic_piece: int | None):
+    """A picture's crop, its truth and the blur to use (Darknet's order of decisions)."""
     import numpy as np
 
     img, labels = loaded
@@ -490,7 +513,15 @@ def _one_picture(rng, loaded: tuple, s: AugmentSettings, w: int, h: int, mosaic_
     blur = crop.blur
     if blur > 1 and min_side // 8 < blur:
         blur = min_side // 8  # Darknet: no strong blur when an object is small (0 → none, 1 → background only)
-    out = crop_resize(img, crop, w, h)
+    return img, crop, truth, blur
+
+
+def _render(rng, img, crop: Crop, truth: np.ndarray, blur: int, w: int, h: int,
+            region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The augmented picture (or its ``region``) as uint8 (H, W, C): crop, resize, flip, HSV, blur, noise."""
+    import numpy as np
+
+    out = crop_resize(img, crop, w, h, region)
     out = distort_hsv(out, crop.dhue, crop.dsat, crop.dexp)
     out = blur_image(out, blur, truth)
     pixels = np.asarray(out)
@@ -498,4 +529,4 @@ def _one_picture(rng, loaded: tuple, s: AugmentSettings, w: int, h: int, mosaic_
         pixels = pixels[..., None]
     if crop.noise:
         pixels = add_noise(pixels, crop.noise, rng)
-    return pixels, truth, crop
+    return pixels

@@ -169,6 +169,20 @@ def test_crop_resize_is_bilinear_with_half_pixel_centres():
     assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).max() <= 1.0
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_region_renders_as_that_part_of_the_whole(flip):
+    a = np.random.Generator(np.random.PCG64(1)).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    for crop in (Crop(200, 150, -20, 10, 15, -30, 205, 170, flip), Crop(200, 150, 0, 0, 0, 0, 200, 150, flip),
+                 Crop(96, 64, 0, 0, 0, 0, 96, 64, flip)):
+        img = Image.fromarray(a[:crop.oh, :crop.ow])
+        whole = np.asarray(crop_resize(img, crop, 96, 64)).astype(int)
+        for region in ((0, 0, 96, 64), (10, 5, 40, 30), (50, 20, 46, 44)):
+            x, y, w, h = region
+            part = np.asarray(crop_resize(img, crop, 96, 64, region)).astype(int)
+            assert part.shape == (h, w, 3)
+            assert np.abs(part - whole[y:y + h, x:x + w]).max() <= 1
+
+
 def test_small_boxes_are_dropped_and_max_boxes_cuts_before_filtering():
     labels = np.array([[0, 0.5, 0.5, 0.004, 0.3], [1, 0.3, 0.3, 0.2, 0.2], [2, 0.7, 0.7, 0.2, 0.2]], np.float32)
     crop = Crop(200, 150, 0, 0, 0, 0, 200, 150)
