@@ -113,8 +113,8 @@ def main() -> None:
         data_cpu = 4 / rates["+ mosaic=1"]
         print(f"  CPU per step: {step_cpu:.2f} s training, {data_cpu:.2f} s making its 4 images with mosaic "
               f"(the data is {data_cpu / (step_cpu + data_cpu):.0%} of the work)")
-        print(f"  fed by 2 workers (cfg + mosaic): {fed:.2f} s per step ({fed / alone:.2f}x: the workers share "
-              f"the cores), of which {waited * 1000:.0f} ms waiting for the batch "
+        print(f"  fed by 2 workers (cfg + mosaic): {fed:.2f} s per step ({fed / alone:.2f}x the fixed-batch step, "
+              f"the workers using the same cores), of which {waited * 1000:.0f} ms waiting for the batch "
               f"({'kept fed' if waited < 0.05 * fed else 'the step waits for data'})")
 
 
