@@ -86,8 +86,11 @@ def _read_text(path: str, what: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def read_data_config(path: str | os.PathLike) -> DataConfig:
+def read_data_config(path: str | os.PathLike, strict: bool = True) -> DataConfig:
     """Read a Darknet ``.data`` file (``key = value`` lines, ``#``/``;`` comments).
+
+    An unknown or duplicate key is an error; ``strict=False`` makes them a :class:`DataWarning` and does what
+    Darknet does (ignores unknown keys, the first of duplicates wins).
 
     ``classes`` defaults to the number of names; ``names`` (alias ``labels``) is read as a names file and must
     hold ``classes`` names (without one, classes are named by their ids); ``valid`` defaults to ``train`` as in
@@ -107,10 +110,16 @@ def read_data_config(path: str | os.PathLike) -> DataConfig:
         key, value = key.strip(), value.strip()
         if not eq or not key:
             raise DataError(f"expected 'key = value', got {line[:80]!r}", path, number)
+        problem = None
         if key not in DATA_KEYS:
-            raise DataError(f"unknown key {key!r}{did_you_mean(key, DATA_KEYS)}", path, number)
-        if key in options:
-            raise DataError(f"duplicate key {key!r} (first on line {lines[key]})", path, number)
+            problem = f"unknown key {key!r}{did_you_mean(key, DATA_KEYS)}"
+        elif key in options:
+            problem = f"duplicate key {key!r} (first on line {lines[key]})"
+        if problem and strict:
+            raise DataError(problem, path, number)
+        if problem:
+            warnings.warn(f"{path}:{number}: {problem}", DataWarning, stacklevel=2)
+            continue
         if not value:
             raise DataError(f"{key!r} has no value", path, number)
         options[key], lines[key] = value, number

@@ -199,3 +199,12 @@ def test_shared_map_vector_data():
     data = labelled_set(cfg.valid, cfg.classes, cfg.names)
     assert len(data) == 3 and not data.missing_labels
     assert sum(len(data.read_labels(i)) for i in range(3)) == 21
+
+
+def test_lenient_data_config_warns_and_does_what_darknet_does(tmp_path):
+    path = write(tmp_path / "x.data", "classes=2\nclases=3\nclasses=5\n")
+    with pytest.warns(DataWarning) as caught:
+        cfg = read_data_config(path, strict=False)
+    assert cfg.classes == 2  # the first of duplicates, as Darknet's option_find
+    assert [str(w.message) for w in caught] == [f"{path}:2: unknown key 'clases' (did you mean 'classes'?)",
+                                                f"{path}:3: duplicate key 'classes' (first on line 1)"]

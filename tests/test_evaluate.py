@@ -248,3 +248,14 @@ def test_evaluate_map_is_the_accumulator_over_an_iterable():
     result = evaluate_map(samples, 2, points=11)
     assert result.classes[0].ap == pytest.approx(6 / 11) and result.map == pytest.approx(3 / 11)  # recall 0 .. 0.5
     assert (result.tp, result.fp, result.fn, result.images) == (1, 1, 1, 2)
+
+
+def test_coco_without_pycocotools_is_a_clear_error(monkeypatch):
+    import sys
+
+    from netspec.errors import NetspecError
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails as when it is not installed
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    with pytest.raises(NetspecError, match=r"pip install 'netspec\[coco\]'"):
+        coco_metrics({"images": [], "annotations": [], "categories": []}, [{"image_id": 1}])

@@ -338,3 +338,11 @@ def test_progress_bar_goes_to_stderr(tiny, capsys):
     evaluate_set(net.fuse().eval(), labelled_set(tiny / "valid.txt", 2), acc, letterbox=False, progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "2/2" in captured.err
+
+
+def test_cli_lenient_data_file(tiny, capsys):
+    (tiny / "obj.data").write_text("classes=2\nvalid=valid.txt\nnames=obj.names\neval=coco\nvalidd=x\n")
+    assert run_map(tiny, "--json") == 1
+    assert "obj.data:5: unknown key 'validd' (did you mean 'valid'?)" in capsys.readouterr().err
+    assert run_map(tiny, "--json", "--lenient") == 0
+    assert "warning: " in capsys.readouterr().err

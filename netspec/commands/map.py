@@ -47,18 +47,19 @@ def _head_classes(net) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..datasets import labelled_set, read_data_config
     from ..evaluate import MapAccumulator, evaluate_set
 
-    data = read_data_config(args.data)
-    if data.valid is None:
-        raise DataError("no 'valid' (or 'train') list to evaluate", data.path)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # DataWarnings become "warning:" lines
         warnings.simplefilter("always", DataWarning)
-        labelled = labelled_set(data.valid, data.classes, data.names)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        try:
+            data = read_data_config(args.data, strict=not args.lenient)  # --lenient: Darknet ignores unknown keys
+            if data.valid is None:
+                raise DataError("no 'valid' (or 'train') list to evaluate", data.path)
+            labelled = labelled_set(data.valid, data.classes, data.names)
+        finally:
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
     difficult = None
     if "difficult" in data.options:  # Darknet's VOC option: a list parallel to valid, labels of objects to ignore
         from ..datasets import label_path, read_image_list
