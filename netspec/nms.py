@@ -306,8 +306,9 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
         classes = probs.shape[1]
         group = max(1, _PAIR_BUDGET // max(bi.numel(), 1))
         for k0 in range(0, classes if bi.numel() else 0, group):
-            a = _take(item, bi)[:, k0:k0 + group].reshape(-1)
-            c = _take(item, bj)[:, k0:k0 + group].reshape(-1)
+            columns = item[:, k0:k0 + group].contiguous()  # slice first: the gathers copy only these classes
+            a = _take(columns, bi).reshape(-1)
+            c = _take(columns, bj).reshape(-1)
             first, second = _keep((a >= 0) & (c >= 0), a, c)
             if first.numel():
                 gone |= ~_resolve(m, *_directed(first, second, score, tie))
