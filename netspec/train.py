@@ -592,7 +592,9 @@ class Trainer:
             return
         from .train_log import plot_chart
 
-        if not plot_chart(self.out / "chart.png", self.history, self.metrics, self.task.metric) and \
+        p = self.net.net
+        top = p.max_chart_loss if p.given("max_chart_loss") else None
+        if not plot_chart(self.out / "chart.png", self.history, self.metrics, self.task.metric, top) and \
                 not getattr(self, "_chart_warned", False):
             self._chart_warned = True
             self.log("note: chart.png needs matplotlib (pip install 'netspec[plot]'); not drawn")

@@ -96,11 +96,12 @@ class ProgressBar:
 
 
 def plot_chart(path: str | os.PathLike, history: list[list[float]], metrics: list[list[float]],
-               metric_name: str = "mAP@0.5") -> bool:
+               metric_name: str = "mAP@0.5", max_loss: float | None = None) -> bool:
     """``chart.png``: loss and average loss against iterations, and the metric (right axis) where evaluated.
 
-    ``history`` rows are ``[iteration, loss, lr, ...]``; ``metrics`` rows ``[iteration, value]``.  Returns False
-    (and writes nothing) when matplotlib is not installed."""
+    ``history`` rows are ``[iteration, loss, lr, ...]``; ``metrics`` rows ``[iteration, value]``; ``max_loss``
+    tops the loss axis (Darknet's ``[net] max_chart_loss``; default: Darknet's 20, or less when every average
+    stays below it).  Returns False (and writes nothing) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -120,8 +121,9 @@ def plot_chart(path: str | os.PathLike, history: list[list[float]], metrics: lis
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     finite = [v for v in averages if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(0, max(finite) * 1.1 + 1e-9)
+    if max_loss is None:
+        max_loss = min(20.0, max(finite, default=20.0) * 1.1 + 1e-9)
+    ax.set_ylim(0, max_loss)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if metrics:

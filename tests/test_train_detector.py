@@ -118,3 +118,20 @@ def test_map_during_training_keeps_best_weights_and_charts_it(tmp_path, shapes):
     state = load_checkpoint(out).state
     assert state["metrics"] == [[r["iteration"], r["mAP@0.5"]] for r in evaluated]
     assert state["best"] == max(r["mAP@0.5"] for r in evaluated)
+
+
+def test_torchrun_two_processes_train_a_detector_then_resume_on_one(tmp_path, shapes):
+    from .test_train import _torchrun
+
+    cfg = tmp_path / "tiny-yolo.cfg"
+    cfg.write_text(TINY_DETECTOR.format(max_batches=4))
+    out = tmp_path / "ddp"
+    run = _torchrun(2, cfg, shapes.data, out, "--checkpoint-every", "2", "--workers", "0")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "tiny-yolo_final.weights").is_file()
+    first = load_checkpoint(out)
+    resumed = _train(str(cfg), "--data", str(shapes.data), "--out", str(out), "--resume", "--max-batches", "6",
+                     "--workers", "0", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(out)
+    assert final.step == 6 and final.state["history"][:4] == first.state["history"]
