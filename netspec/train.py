@@ -416,6 +416,8 @@ class Trainer:
             raise TrainError("[net] max_batches (or max_epochs) must be > 0 to train")
         if weights is not None and ckpt is None:
             self.log(_load_weights(self.net, weights, upto))
+        elif weights is not None:
+            self.log(f"note: --weights {weights} not loaded: resuming from the checkpoint")
         self.net.to(self.device)
         from .optim import drop_delayed_grads, make_optimizer
         from .schedule import make_scheduler
