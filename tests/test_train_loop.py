@@ -301,3 +301,21 @@ def test_a_non_finite_loss_stops_the_run(tmp_path):
     with pytest.raises(TrainError, match=r"iteration \d: the loss is nan.*--resume"):
         trainer.run()
     assert trainer.step < 6 and not (tmp_path / "run" / "net_final.weights").exists()
+
+
+@pytest.mark.parametrize("kind", ["weights", "checkpoint", "safetensors"])
+def test_initial_weights_full_or_cut_in_any_format(tmp_path, kind):
+    cfg = CFG.format(batch=4, subdivisions=1, steps=2, extra="")
+    first = Trainer(cfg, _data(), tmp_path / "first", progress=False, save_every=0)
+    first.run()
+    source = {"weights": tmp_path / "first" / "net_final.weights", "checkpoint": tmp_path / "first"}.get(kind)
+    if kind == "safetensors":
+        source = tmp_path / "first.safetensors"
+        netspec.checkpoint.export_safetensors(source, first.net)
+    trained = first.net.state_dict()
+    whole = Trainer(cfg, _data(), tmp_path / "whole", weights=source)
+    assert all(torch.equal(v, trained[k]) for k, v in whole.net.state_dict().items() if v.is_floating_point())
+    cut = Trainer(cfg, _data(), tmp_path / "cut", weights=source, upto=1)  # a backbone: layer 0 only
+    mine = cut.net.state_dict()
+    assert torch.equal(mine["layers.0.conv.weight"], trained["layers.0.conv.weight"])
+    assert not torch.equal(mine["layers.1.conv.weight"], trained["layers.1.conv.weight"])
