@@ -55,6 +55,7 @@ _LAZY = {
     "label_path": "netspec.datasets",
     "read_coco": "netspec.datasets",
     "DetectionLoss": "netspec.loss",
+    "Trainer": "netspec.train",
 }
 
 __all__ = ["CfgError", "CheckpointError", "DataError", "LimitError", "NetspecError", "Problem", "SectionError",
