@@ -1,4 +1,5 @@
-"""Inference speed and memory: netspec (fused) against a port-style PyTorch rendering and a conv probe.
+"""Inference speed and memory: netspec (fused) against the port eriklindernoren/PyTorch-YOLOv3, a port-style
+PyTorch rendering and a conv probe.
 
 In one process, on the same machine, with the same weights (``--threads``, default 2):
 
@@ -6,12 +7,17 @@ In one process, on the same machine, with the same weights (``--threads``, defau
 * for each net (default yolov3, yolov4, yolov4-tiny at 416x416), batch 1 and 8, fp32 and bf16 autocast:
   median forward latency of netspec fused (``Network.fuse``), netspec unfused (eval) and the port-style
   baseline (``port_style.py``: conv+BN+activation modules, every output kept, no fusion), runs interleaved;
-  GFLOP/s counted with Darknet's BFLOPs and its share of the probe;
+  GFLOP/s counted with Darknet's BFLOPs and its share of the probe; with ``--port PATH`` (a checkout of
+  eriklindernoren/PyTorch-YOLOv3, see ``erik_port.py``) also that port's ``Darknet`` model from the same cfg
+  with the same weights, and netspec's time ratio against it;
 * ``--compile``: the same under ``torch.compile`` (inductor, ``freezing=True``), batch 1: compile time and
   speed relative to the same model's eager fp32;
-* ``--rss``: peak RSS growth during one forward (batch 1), each case in a fresh process.
+* ``--rss``: peak RSS growth from after ``fuse()`` (the model as built, for the ports) to after five
+  forwards (batch 1), each case in a fresh process.
 
-    python benchmarks/inference.py [--nets yolov3 yolov4 yolov4-tiny] [--repeat 5] [--compile] [--rss]
+The machine's CPU model and its vector flags (avx2, avx512f, avx512_bf16, amx) are printed first.
+
+    python benchmarks/inference.py [--port PATH] [--nets yolov3 yolov4 yolov4-tiny] [--repeat 5] [--compile] [--rss]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from erik_port import add_port_argument, port_agrees, port_model  # noqa: E402
 from port_style import port_style_from, same_outputs  # noqa: E402
 
 import netspec  # noqa: E402
@@ -45,8 +52,26 @@ def cfg_path(name: str, cfg_dir: str | None) -> Path:
     raise SystemExit(f"{name}.cfg not found (give --cfg-dir)")
 
 
-def make_nets(name: str, size: int, cfg_dir: str | None):
-    """(netspec fused, netspec unfused, port-style baseline, BFLOPs per image), all with the same weights."""
+def cpu_description() -> str:
+    """The CPU model and the vector flags that decide the fast paths (from /proc/cpuinfo where there is one)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
+    have = " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+    return f"{model}; flags: {have}; torch cpu capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def make_nets(name: str, size: int, cfg_dir: str | None, port: str | None = None):
+    """(netspec fused, netspec unfused, port-style baseline, BFLOPs per image, the port's model or None),
+    all with the same weights."""
     import copy
 
     net = netspec.build(cfg_path(name, cfg_dir), size, size, strict=False)
@@ -61,8 +86,9 @@ def make_nets(name: str, size: int, cfg_dir: str | None):
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
     net.eval()
     base = port_style_from(net)
+    erik = port_model(port, cfg_path(name, cfg_dir), net).eval() if port else None
     fused = copy.deepcopy(net).fuse()
-    return fused, net, base, net.spec.total_bflops
+    return fused, net, base, net.spec.total_bflops, erik
 
 
 def autocast(dtype: str):
@@ -103,26 +129,32 @@ def run_model(model, x, dtype):
 
 
 def latency(args, gflops_probe: dict) -> None:
-    print(f"\n== eager latency, medians of {args.repeat} ({args.threads} threads) ==")
+    print(f"\n== eager latency, medians of {args.repeat}, runs interleaved ({args.threads} threads) ==")
+    erik_cols = f"{'erik ms':>9}{'erik/fused':>11}" if args.port else ""
     print(f"{'net':<12}{'dtype':<6}{'batch':>5}{'fused ms':>10}{'unfused ms':>11}{'port ms':>9}{'fused/port':>11}"
-          f"{'GFLOP/s':>9}{'of probe':>9}")
+          f"{erik_cols}{'GFLOP/s':>9}{'of probe':>9}")
     fp32_port: dict = {}
     for name in args.nets:
-        fused, unfused, base, bflops = make_nets(name, args.size, args.cfg_dir)
+        fused, unfused, base, bflops, erik = make_nets(name, args.size, args.cfg_dir, args.port)
         x1 = torch.rand(1, 3, args.size, args.size)
         diff = same_outputs(run_model(fused, x1, "fp32"), run_model(base, x1, "fp32"))
         assert diff < 1e-3, f"{name}: netspec and the port-style baseline disagree by {diff}"
+        models = [("fused", fused), ("unfused", unfused), ("port", base)]
+        if erik is not None:
+            diff = port_agrees(run_model(fused, x1, "fp32"), run_model(erik, x1, "fp32"))
+            assert diff < 1e-3, f"{name}: netspec and eriklindernoren's model disagree by {diff}"
+            models.append(("erik", erik))
         for dtype in args.dtypes:
             for batch in args.batches:
                 x = torch.rand(batch, 3, args.size, args.size)
-                t = interleaved({label: (lambda m=model, x=x, d=dtype: run_model(m, x, d))
-                                 for label, model in (("fused", fused), ("unfused", unfused), ("port", base))},
+                t = interleaved({label: (lambda m=model, x=x, d=dtype: run_model(m, x, d)) for label, model in models},
                                 args.repeat)
                 gflops = bflops * batch / t["fused"]
                 if dtype == "fp32":
                     fp32_port[(name, batch)] = t["port"]
+                erik_vals = f"{t['erik'] * 1e3:>9.1f}{t['erik'] / t['fused']:>10.2f}x" if erik is not None else ""
                 print(f"{name:<12}{dtype:<6}{batch:>5}{t['fused'] * 1e3:>10.1f}{t['unfused'] * 1e3:>11.1f}"
-                      f"{t['port'] * 1e3:>9.1f}{t['port'] / t['fused']:>10.2f}x{gflops:>9.0f}"
+                      f"{t['port'] * 1e3:>9.1f}{t['port'] / t['fused']:>10.2f}x{erik_vals}{gflops:>9.0f}"
                       f"{gflops / gflops_probe[dtype]:>9.0%}")
                 if dtype == "bf16" and (name, batch) in fp32_port:
                     print(f"{'':<23}bf16 fused vs fp32 port: {fp32_port[(name, batch)] / t['fused']:.2f}x faster")
@@ -136,7 +168,7 @@ def compiled(args) -> None:
     print(f"{'net':<12}{'dtype':<6}{'compile s netspec/port':>24}{'netspec ms':>11}{'port ms':>9}"
           f"{'netspec/port':>13}{'vs own eager fp32 netspec/port':>32}")
     for name in args.nets:
-        fused, _, base, _ = make_nets(name, args.size, args.cfg_dir)
+        fused, _, base, _, _ = make_nets(name, args.size, args.cfg_dir)
         x = torch.rand(1, 3, args.size, args.size)
         for dtype in args.dtypes:
             fns, compile_s = {}, {}
@@ -165,45 +197,50 @@ def _status(key: str) -> int:
     return 0
 
 
-def rss_child(name: str, impl: str, dtype: str, size: int, cfg_dir: str | None) -> None:
-    """Peak RSS growth of one steady-state forward (after a warm-up forward) in this fresh process."""
+def rss_child(name: str, impl: str, dtype: str, size: int, cfg_dir: str | None, port: str | None) -> None:
+    """Peak RSS growth from after ``fuse()`` (as built, for the ports) to after five forwards, in this fresh
+    process."""
     import ctypes
     import gc
 
-    fused, unfused, base, _ = make_nets(name, size, cfg_dir)
-    model = fused if impl == "netspec" else base
-    del fused, unfused, base
+    fused, unfused, base, _, erik = make_nets(name, size, cfg_dir, port if impl == "erik" else None)
+    model = {"netspec": fused, "port": base, "erik": erik}[impl]
+    del fused, unfused, base, erik
     x = torch.rand(1, 3, size, size)
-    run_model(model, x, dtype)  # warm-up: oneDNN primitives, packed weights (netspec holds them)
     gc.collect()
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc_trim(0)  # hand freed heap memory back, so that reusing it does not hide growth
-    peak_so_far = _status("VmHWM")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     before = _status("VmRSS")
-    run_model(model, x, dtype)
+    for _ in range(5):
+        run_model(model, x, dtype)
     after = _status("VmHWM")
-    print(json.dumps({"growth": after - before, "peak": max(peak_so_far, after), "model": before}))
+    print(json.dumps({"growth": after - before, "peak": after, "model": before}))
 
 
 def rss(args) -> None:
-    print("\n== peak RSS growth during one forward (batch 1, after a warm-up forward, fresh process each) ==")
-    print("   (resident = process RSS before that forward, incl. weights; peak = process peak RSS, all MiB)")
-    print(f"{'net':<12}{'dtype':<6}{'netspec':>9}{'port':>7}{'ratio':>7}   resident netspec/port   peak netspec/port")
+    print("\n== peak RSS growth from after fuse() to after five forwards (batch 1, fresh process each) ==")
+    print("   (resident = process RSS after fuse(), incl. weights; peak = process peak RSS, all MiB)")
+    impls = ["netspec", "port"] + (["erik"] if args.port else [])
+    head = "".join(f"{i:>9}" for i in impls)
+    ratios = "".join(f"{'vs ' + i:>9}" for i in impls[1:])
+    print(f"{'net':<12}{'dtype':<6}{head}{ratios}   resident {'/'.join(impls)}   peak {'/'.join(impls)}")
+    mib = 2**20
     for name in args.nets:
         for dtype in args.dtypes:
             res = {}
-            for impl in ("netspec", "port"):
+            for impl in impls:
                 cmd = [sys.executable, __file__, "--rss-child", name, impl, dtype, "--size", str(args.size),
                        "--threads", str(args.threads)] + (["--cfg-dir", args.cfg_dir] if args.cfg_dir else [])
+                cmd += ["--port", args.port] if args.port else []
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[impl] = json.loads(out.strip().splitlines()[-1])
-            mib = 2**20
-            ns, port = res["netspec"], res["port"]
-            print(f"{name:<12}{dtype:<6}{ns['growth'] / mib:>9.0f}{port['growth'] / mib:>7.0f}"
-                  f"{ns['growth'] / port['growth']:>7.2f}   {ns['model'] / mib:>8.0f} / {port['model'] / mib:<8.0f}"
-                  f"      {ns['peak'] / mib:>6.0f} / {port['peak'] / mib:<6.0f}")
+            ns = res["netspec"]
+            print(f"{name:<12}{dtype:<6}" + "".join(f"{res[i]['growth'] / mib:>9.0f}" for i in impls)
+                  + "".join(f"{ns['growth'] / res[i]['growth']:>9.2f}" for i in impls[1:])
+                  + "   " + " / ".join(f"{res[i]['model'] / mib:.0f}" for i in impls)
+                  + "   " + " / ".join(f"{res[i]['peak'] / mib:.0f}" for i in impls))
 
 
 def main() -> None:
@@ -219,13 +256,17 @@ def main() -> None:
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS growth")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--rss-child", nargs=3, metavar=("NET", "IMPL", "DTYPE"), help=argparse.SUPPRESS)
+    add_port_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
-        rss_child(*args.rss_child, args.size, args.cfg_dir)
+        rss_child(*args.rss_child, args.size, args.cfg_dir, args.port)
         return
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs, input {args.size}x{args.size}")
+    print(f"CPU: {cpu_description()}")
+    if not args.port:
+        print("eriklindernoren/PyTorch-YOLOv3 not compared: give its checkout with --port PATH")
     gflops = probe(args.repeat)
     print(f"conv probe (3x3, 256->512, 52x52): fp32 {gflops['fp32']:.0f} GFLOP/s, bf16 {gflops['bf16']:.0f} GFLOP/s")
     if not args.no_latency:

@@ -194,7 +194,10 @@ class PackedConv:
     packs weights itself), CPU, float32/bfloat16.  Under bfloat16 autocast on a CPU without native
     bfloat16 it computes in float32 (see :func:`autocast_compute_dtype`).  The packed copy is a cache, not
     state: dropped on copy and pickling, rebuilt when the weights, dtype or input shape change.  A dtype
-    and input shape oneDNN refuses to pack is remembered, so that it is not tried again on every call."""
+    and input shape oneDNN refuses to pack is remembered, so that it is not tried again on every call.
+
+    When the packed copy is exact (packed in the weight's own dtype) the plain weight is released
+    (:class:`PackedWeightConv2d`): the layer holds its weight once, in the packed form."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
@@ -210,30 +213,26 @@ class PackedConv:
     def __setstate__(self, state: dict) -> None:
         self.__init__()
 
+    def drop(self) -> None:
+        """Forget the packed copy (its weight is about to change device, dtype or values)."""
+        self._key = self._packed = None
+
+    def plain_weight(self, shape: torch.Size) -> torch.Tensor:
+        """A fresh plain tensor with the packed weight's values (exact: the packing is a reordering)."""
+        return self._packed[0].to_dense().reshape(shape)
+
+    @staticmethod
+    def _key_of(dtype: torch.dtype, shape: tuple[int, ...], weight: torch.Tensor, bias: torch.Tensor) -> tuple:
+        return dtype, tuple(shape), weight.data_ptr(), weight._version, bias.data_ptr(), bias._version
+
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or x.device.type != "cpu" or x.dim() != 4):
             return None
         dtype = autocast_compute_dtype(x)
-        if dtype not in (torch.float32, torch.bfloat16):
+        if dtype not in (torch.float32, torch.bfloat16) or not self.pack(layer, dtype, tuple(x.shape)):
             return None
         conv = layer.conv
-        weight, bias = conv.weight, conv.bias
-        key = (dtype, tuple(x.shape), weight.data_ptr(), weight._version, bias.data_ptr(), bias._version)
-        if key != self._key:
-            if key[:2] in self._refused:
-                return None
-            try:
-                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                    weight.detach().to(dtype).to_mkldnn(), list(conv.padding), list(conv.stride),
-                    list(conv.dilation), conv.groups, list(x.shape))
-            except RuntimeError:  # a shape or dtype oneDNN does not take: the regular path, from now on
-                self._refused.add(key[:2])
-                return None
-            fn = layer.act_fn.fn if isinstance(layer.act_fn, InplaceActivation) else layer.act_fn
-            attr, scalars = _POST_OPS.get(fn, ("none", []))
-            self._packed = (packed, bias.detach().float(), attr, scalars, attr == "none" and fn is not _linear)
-            self._key = key
         packed, b, attr, scalars, apply_after = self._packed
         x = x.to(dtype, memory_format=torch.channels_last)
         y = torch.ops.mkldnn._convolution_pointwise(x, packed, b, list(conv.padding), list(conv.stride),
@@ -242,12 +241,176 @@ class PackedConv:
             y = layer.act_fn(y)
         return layer.blur(y) if layer.blur is not None else y
 
+    def pack(self, layer: nn.Module, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+        """Make the packed copy match ``layer``'s weights, ``dtype`` and input ``shape``; False where oneDNN
+        will not take them (the regular path then)."""
+        conv = layer.conv
+        # The registered tensor itself: ``conv.weight`` would bring a released weight back.
+        weight, bias = conv._parameters["weight"], conv._parameters["bias"]
+        released = getattr(conv, "released", False)
+        key = self._key_of(dtype, shape, weight, bias)
+        if key == self._key:
+            return True
+        if released and (key[:2] in self._refused or dtype != weight.dtype):
+            conv.restore()  # the regular path, or an inexact (bf16) packed copy: the plain weight is needed
+            weight, released = conv._parameters["weight"], False
+        if key[:2] in self._refused:
+            return False
+        plain = self.plain_weight(weight.shape) if released else weight.detach()
+        try:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                plain.to(dtype).to_mkldnn(), list(conv.padding), list(conv.stride),
+                list(conv.dilation), conv.groups, list(shape))
+        except RuntimeError:  # a shape or dtype oneDNN does not take: the regular path, from now on
+            self._refused.add(key[:2])
+            if released:
+                conv.restore()
+            return False
+        del plain
+        fn = layer.act_fn.fn if isinstance(layer.act_fn, InplaceActivation) else layer.act_fn
+        attr, scalars = _POST_OPS.get(fn, ("none", []))
+        self._packed = (packed, bias.detach().float(), attr, scalars, attr == "none" and fn is not _linear)
+        if dtype == weight.dtype and isinstance(conv, PackedWeightConv2d):
+            conv.release()  # the packed copy is exact: the plain one is not needed any more
+            weight = conv._parameters["weight"]
+        self._key = self._key_of(dtype, shape, weight, bias)
+        return True
+
+    def adopt(self, weight: torch.Tensor) -> None:
+        """``weight`` now holds the packed values: keep the packed copy valid for it."""
+        if self._key is not None:
+            self._key = self._key[:2] + (weight.data_ptr(), weight._version) + self._key[4:]
+
+
+class PackedWeightConv2d(nn.Conv2d):
+    """The ``Conv2d`` of a fused layer on the oneDNN fast path (its class is switched by
+    :func:`use_packed_weights`): once :class:`PackedConv` holds an exact packed copy of the weight, the
+    module lets go of its plain weight, so the weight is held once.
+
+    While released, ``weight`` in ``parameters()`` is a placeholder of the right shape, dtype and device that
+    owns no memory (it reads as zeros and refuses in-place writes); everything that needs the values gets
+    them from the packed copy: ``state_dict()`` (and so saving), pickling and ``copy.deepcopy``, ``.to()``
+    and the other ``_apply`` conversions, ``load_state_dict``.  Reading the attribute ``conv.weight`` (as the
+    regular forward, tracing and user code do) hands the plain tensor out, so it is brought back if released
+    and kept from then on: the caller may hold it and change it (the packed copy follows such changes).  A
+    tensor obtained earlier from ``parameters()`` keeps its values but is no longer the module's weight."""
+
+    _fast: PackedConv
+    released: bool
+    _keep_plain: bool
+
+    def __getattr__(self, name: str):
+        if name == "weight" and "_fast" in self.__dict__:
+            if torch.compiler.is_compiling():
+                _restore_while_compiling(self)
+            else:
+                self.restore(keep=True)
+        return super().__getattr__(name)
+
+    def release(self) -> None:
+        """Let go of the plain weight (the packed copy has its values); a placeholder takes its place."""
+        if self._keep_plain or self.released:
+            return
+        weight = self._parameters["weight"]
+        placeholder = torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
+        self._parameters["weight"] = nn.Parameter(placeholder, requires_grad=weight.requires_grad)
+        self.released = True
+
+    def restore(self, keep: bool = False) -> None:
+        """The plain weight back from the packed copy (``keep``: and never released again)."""
+        self._keep_plain = self._keep_plain or keep
+        if not self.released:
+            return
+        weight = self._parameters["weight"]
+        self._parameters["weight"] = nn.Parameter(self._fast.plain_weight(weight.shape),
+                                                  requires_grad=weight.requires_grad)
+        self.released = False
+        self._fast.adopt(self._parameters["weight"])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.released:
+            destination[prefix + "weight"] = self._fast.plain_weight(self._parameters["weight"].shape)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.restore()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.restore()
+        self._fast.drop()  # e.g. moved to another device: the CPU copy is stale
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        if self.released:  # the copy gets the plain weight (its PackedConv starts empty)
+            weight = self._parameters["weight"]
+            state["_parameters"] = dict(state["_parameters"])
+            state["_parameters"]["weight"] = nn.Parameter(self._fast.plain_weight(weight.shape),
+                                                          requires_grad=weight.requires_grad)
+            state["released"] = False
+        return state
+
+
+def _restore_while_compiling(conv: PackedWeightConv2d) -> bool:
+    conv.restore(keep=True)
+    return True
+
+
+# What ``torch._dynamo.assume_constant_result`` sets (without importing dynamo, which takes seconds): dynamo
+# runs the function eagerly while tracing and treats its result as a constant, so the graph reads the restored
+# weight instead of tracing the restore (which creates a Parameter, a graph break).
+_restore_while_compiling._dynamo_marked_constant = True
+
+
+def restore_plain_weights(net: nn.Module) -> None:
+    """Bring back (and keep) every plain conv weight a fused ``net`` released, for code that reads
+    ``parameters()`` directly (the ONNX exporter, an optimizer)."""
+    for module in net.modules():
+        if isinstance(module, PackedWeightConv2d):
+            module.restore(keep=True)
+
+
+def use_packed_weights(conv: nn.Conv2d, fast: PackedConv) -> None:
+    """Let ``fast`` release ``conv``'s plain weight once it holds an exact packed copy."""
+    conv.__class__ = PackedWeightConv2d
+    conv._fast = fast
+    conv.released = False
+    conv._keep_plain = False
+
 
 _linear = activations.FUNCTIONS["linear"]
 
 
+def prepack(layer: nn.Module, in_shape: tuple[int, int, int]) -> None:
+    """At fuse time: pack ``layer``'s weights for a batch-1 input of the cfg's size in the weights' dtype, so
+    that the fused network holds each weight once, packed, from the start (another batch size or dtype
+    repacks on its first call)."""
+    fast = getattr(layer, "fast", None)
+    if fast is None:
+        return
+    weight = layer.conv._parameters["weight"]  # not conv.weight: reading that keeps the plain weight
+    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad():
+            fast.pack(layer, weight.dtype, (1, *in_shape))
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed by the released plain weights back to the OS (glibc keeps freed blocks for
+    reuse, so the process would look as if it held the weights twice)."""
+    if platform.system() != "Linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
+        pass
+
+
 def fuse_network(net: Network) -> None:
     """Inference mode, layer by layer in cfg order: each section's ``fuse`` hook (BN folded into the conv or
-    connected weights, activations on fresh outputs in place, the oneDNN fast path)."""
+    connected weights, activations on fresh outputs in place, the oneDNN fast path with the weights packed)."""
     for spec, module in zip(net.spec.layers, net.layers):
         spec.section.fuse(spec, module)
+    _return_freed_memory()

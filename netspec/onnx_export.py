@@ -152,6 +152,9 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, width: int | None = 
     model = _at_size(net, width, height).float().eval()
     if fuse:
         model.fuse()  # Network.fuse: BN folded into the conv/connected weights (in float64, as Darknet)
+    from .inference import restore_plain_weights
+
+    restore_plain_weights(model)  # the exporter reads parameters() before it traces: the plain weights, not packed
     wrapper = _Exported(model, decode).eval()
     names = output_names(model, decode)
     c, h, w = model.input_shape

@@ -276,6 +276,90 @@ def test_packed_weights_follow_weight_changes_and_are_not_copied(fused_small, tm
         torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def _held_bytes(conv) -> int:
+    return conv._parameters["weight"].untyped_storage().nbytes()
+
+
+def test_fused_conv_holds_its_weight_once_and_state_dict_saving_copying_still_see_it(fused_small, tmp_path):
+    net, fused = fused_small
+    assert all(m.conv.released for m in _fast_layers(fused))  # packed by fuse() itself, the plain weight let go
+    fused_state = {k: v.clone() for k, v in fused.state_dict().items()}
+    unfused_state = copy.deepcopy(net).fuse()
+    for k, v in unfused_state.state_dict().items():
+        assert torch.equal(fused_state[k], v), k  # the folded values, not the placeholder
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        got = fused(x)
+    shared = {id(m.source) for m in fused.layers if getattr(m, "_share", ())}  # read by the regular path: kept
+    fast = [m for m in _fast_layers(fused) if id(m) not in shared]
+    assert fast and all(m.conv.released and _held_bytes(m.conv) <= 8 for m in fast)  # packed copy only
+    assert all(p.shape == fused_state[k].shape for k, p in fused.named_parameters())
+    state = fused.state_dict()
+    assert state.keys() == fused_state.keys()
+    for k, v in fused_state.items():
+        assert torch.equal(state[k], v), k
+    assert all(m.conv.released for m in fast)  # state_dict() did not bring the plain weights back
+    torch.save(fused.state_dict(), tmp_path / "state.pt")
+    torch.save(fused, tmp_path / "net.pt")
+    clone = copy.deepcopy(fused)
+    reloaded = copy.deepcopy(net).fuse()
+    reloaded.load_state_dict(torch.load(tmp_path / "state.pt"))
+    whole = torch.load(tmp_path / "net.pt", weights_only=False)
+    with torch.no_grad():
+        again = fused(x)
+        for other in (clone, reloaded, whole):
+            torch.testing.assert_close(other(x), got, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+    # a fused net loads new weights while released: they are packed (and the plain ones released) again
+    doubled = {k: v * 2 if k.endswith("conv.weight") else v for k, v in fused_state.items()}
+    fused.load_state_dict(doubled)
+    with torch.no_grad():
+        y = fused(x)
+    assert all(m.conv.released for m in fast)
+    ref = copy.deepcopy(net).fuse()
+    ref.load_state_dict(doubled)
+    for m in _fast_layers(ref):
+        m.fast = None  # the regular path
+    with torch.no_grad():
+        torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_reading_a_released_weight_brings_it_back_for_good(fused_small):
+    _, fused = fused_small
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = fused(x)
+    conv = fused.layers[0].conv
+    assert conv.released
+    w = conv.weight
+    assert w is conv._parameters["weight"] and not conv.released
+    assert _held_bytes(conv) == w.numel() * w.element_size()
+    assert torch.equal(w, fused.state_dict()["layers.0.conv.weight"])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), before, rtol=0, atol=0)
+        assert not conv.released  # the caller may hold it: kept
+        w.mul_(2)
+        changed = fused(x)
+    assert not torch.equal(changed, before)  # the packed copy followed the change
+
+
+def test_released_weights_follow_to_and_the_regular_path(fused_small):
+    net, fused = fused_small
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        fused(x)
+        wide = copy.deepcopy(fused).to(torch.float64)  # _apply: the plain weights come back, converted
+        torch.testing.assert_close(wide(x.double()).float(), expected, rtol=1e-5, atol=1e-5)
+    # autograd through a released net: the regular path on the real weights
+    y = fused(x)
+    y.sum().backward()
+    assert fused.layers[0].conv.weight.grad is not None and fused.layers[0].conv.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(y.detach(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_fast_inplace_mish_equals_torch_mish(dtype, layout):

@@ -113,10 +113,11 @@ class ConvLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"activation={self.activation}" + (", shared" if self._share else "")
 
-    def fuse(self) -> None:
+    def fuse(self, in_shape: tuple[int, int, int] | None = None) -> None:
         """Inference mode: BN folded into the conv, the activation in place, the oneDNN fast path where it
-        computes the same thing.  A sharing layer reads its source's (already folded) conv and finds no BN."""
-        from ..inference import PackedConv, fold_batchnorm_into, mkldnn_available
+        computes the same thing (weights packed for a batch-1 ``in_shape`` input when given).  A sharing layer
+        reads its source's (already folded) conv and finds no BN."""
+        from ..inference import PackedConv, fold_batchnorm_into, mkldnn_available, prepack, use_packed_weights
 
         if not self._share and self.bn is not None:
             fold_batchnorm_into(self.conv, self.bn)
@@ -124,7 +125,11 @@ class ConvLayer(nn.Module):
         if (not self._share and not self.xnor and not self.binary and self.conv.bias is not None
                 and mkldnn_available()):
             self.fast = PackedConv()
+            if type(self.conv) is nn.Conv2d:
+                use_packed_weights(self.conv, self.fast)
         set_inplace_activation(self)
+        if in_shape is not None:
+            prepack(self, in_shape)
 
 
 @register
@@ -249,7 +254,7 @@ class Convolutional(Section):
         return targets + bn_init_targets("bn", module.bn)
 
     def fuse(self, spec: LayerSpec, module: ConvLayer) -> None:
-        module.fuse()
+        module.fuse(tuple(spec.in_shape))
 
     def describe(self, spec: LayerSpec) -> tuple[str, str]:
         p = spec.p
