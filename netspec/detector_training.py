@@ -89,7 +89,8 @@ class DetectionTask:
         if valid is None:
             return {}
         was_training = net.training
-        fused = copy.deepcopy(net).fuse()  # Darknet's map runs the fused network; the training net stays as it is
+        # Darknet's map runs the fused network; the training net stays as it is
+        fused = copy.deepcopy(net).to(memory_format=torch.contiguous_format).fuse()
         acc = MapAccumulator(self.config.classes, self.config.names, iou_thresh=0.5)
         evaluate_set(fused, valid, acc, letterbox=self.letterbox, workers=0)
         net.train(was_training)

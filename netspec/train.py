@@ -418,7 +418,9 @@ class Trainer:
             self.log(_load_weights(self.net, weights, upto))
         elif weights is not None:
             self.log(f"note: --weights {weights} not loaded: resuming from the checkpoint")
-        self.net.to(self.device)
+        # channels-last: oneDNN's and cuDNN's fast convolution layout (the demo detector's forward ran 2x faster
+        # on the CPU); tensors keep their values, so files, resume and the update rule are unaffected
+        self.net.to(self.device, memory_format=torch.channels_last)
         from .optim import drop_delayed_grads, make_optimizer
         from .schedule import make_scheduler
 
@@ -495,6 +497,8 @@ class Trainer:
         figures: dict[str, float] = {}
         for i, (inputs, targets) in enumerate(minibatches):
             inputs, targets = _to_device(inputs, self.device), _to_device(targets, self.device)
+            if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             sync = i == len(minibatches) - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
