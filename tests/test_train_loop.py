@@ -319,3 +319,17 @@ def test_initial_weights_full_or_cut_in_any_format(tmp_path, kind):
     mine = cut.net.state_dict()
     assert torch.equal(mine["layers.0.conv.weight"], trained["layers.0.conv.weight"])
     assert not torch.equal(mine["layers.1.conv.weight"], trained["layers.1.conv.weight"])
+
+
+def test_amp_and_device_choices(tmp_path):
+    cfg = CFG.format(batch=4, subdivisions=2, steps=2, extra="")
+    trainer = Trainer(cfg, _data(), tmp_path / "amp", progress=False, save_every=0, amp=True)
+    assert trainer.autocast == torch.bfloat16 and trainer.scaler is None  # CPU: bf16 autocast, no loss scaling
+    trainer.run()
+    assert all(math.isfinite(loss) for _, loss, _ in trainer.history)
+    assert trainer.net.layers[0].conv.weight.dtype == torch.float32  # the master weights stay float32
+    with pytest.raises(TrainError, match="fp16 needs a CUDA device"):
+        Trainer(cfg, _data(), tmp_path / "fp16", amp="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="no CUDA device"):
+            Trainer(cfg, _data(), tmp_path / "cuda", device="cuda")
