@@ -293,7 +293,7 @@ def _device(name: str | torch.device | None) -> torch.device:
 
 
 def _autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
-    """The autocast dtype of ``--amp`` (``True``: bf16 where the device has it, else fp16 on CUDA)."""
+    """The autocast dtype of ``--amp`` (``True``/``"auto"``: bf16 where the device has it, else fp16 on CUDA)."""
     if not amp:
         return None
     if amp in ("bf16", "bfloat16"):

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "training (every --map-every iterations; Darknet's interval by default), keep _best.weights")
     parser.add_argument("--map-every", type=positive_int, metavar="N", help="with --map: evaluate every N iterations")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: one GPU per process)")
-    parser.add_argument("--amp", nargs="?", const=True, default=False, choices=[True, "bf16", "fp16"],
+    parser.add_argument("--amp", nargs="?", const="auto", default=False, choices=["auto", "bf16", "fp16"],
                         help="mixed precision: autocast to bf16 (fp16 with loss scaling on GPUs without bf16); "
                         "bf16 on a CPU without native bf16 is much slower than fp32")
     parser.add_argument("--workers", type=_nonnegative, default=2, metavar="N",
