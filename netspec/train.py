@@ -368,7 +368,8 @@ class Trainer:
     ``.safetensors``); ignored on resume.  ``overrides``: ``[net]`` values that replace the cfg's
     (:data:`OVERRIDABLE`).  ``eval_every``: evaluate (mAP) every N steps; ``None`` for Darknet's interval
     (4 epochs, at least 100 steps, not before ``burn_in``); ``0`` never (the end-of-run evaluation still runs
-    when there is validation data)."""
+    when there is validation data).  ``rules``: :class:`netspec.optim.Rule` s (or their ``SEL:SET`` text) on top
+    of the cfg's per-block multipliers, as ``netspec params --rule``."""
 
     def __init__(self, cfg: str | os.PathLike | Document, data: str | Dataset | None, out: str | os.PathLike, *,
                  resume: bool = False,
@@ -376,7 +377,7 @@ class Trainer:
                  stream: TextIO | None = None, weights: str | os.PathLike | None = None, upto: int | None = None,
                  overrides: dict[str, Any] | None = None, device: str | torch.device | None = None,
                  amp: bool | str = False, eval_every: int | None = 0, workers: int = 2,
-                 task: TrainingTask | None = None) -> None:
+                 rules: list | None = None, task: TrainingTask | None = None) -> None:
         from .builder import build
 
         self.device = _device(device)
@@ -425,7 +426,7 @@ class Trainer:
         from .schedule import make_scheduler
 
         self._drop_delayed = drop_delayed_grads
-        self.optimizer = make_optimizer(self.net)
+        self.optimizer = make_optimizer(self.net, rules)
         self.scheduler = make_scheduler(self.optimizer, self.net, seed)
         self.autocast = _autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None

@@ -333,3 +333,14 @@ def test_amp_and_device_choices(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(TrainError, match="no CUDA device"):
             Trainer(cfg, _data(), tmp_path / "cuda", device="cuda")
+
+
+def test_rules_reach_the_trainer_as_in_netspec_params(tmp_path, capsys):
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CFG.format(batch=4, subdivisions=1, steps=1, extra=""))
+    trainer = Trainer(cfg, _data(), tmp_path / "run", rules=["0:freeze"])
+    assert not trainer.net.layers[0].conv.weight.requires_grad
+    assert all("layers.0." not in n for g in trainer.optimizer.param_groups for n in g["names"])
+    assert main(["train", str(cfg), "--data", "digits-not-needed.npz", "--out", str(tmp_path / "o"),
+                 "--rule", "0-5:lr_mult=2", "--quiet"]) == 1  # the rule parses; the data file is what fails
+    assert "digits-not-needed.npz" in capsys.readouterr().err

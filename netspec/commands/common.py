@@ -117,3 +117,9 @@ def load_detector(args: argparse.Namespace, command: str):
         raise NetspecError(f"{args.cfg}: not a detector (no [yolo], [Gaussian_yolo], [region] or [detection] "
                            f"layer); netspec {command} needs one")
     return net
+
+
+def add_rule_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rule", action="append", default=[], metavar="SEL:SET",
+                        help="adjust parameters, e.g. 0-74:lr_mult=0.1, section=connected:decay_mult=0, "
+                             "role=bias:lr_mult=2, glob=layers.1*.bn.*:freeze (repeatable; applied in order)")

@@ -6,13 +6,7 @@ import argparse
 import json
 
 from ..builder import build
-from .common import add_cfg_arguments, cfg_source, limits_from, print_warnings
-
-
-def add_rule_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rule", action="append", default=[], metavar="SEL:SET",
-                        help="adjust parameters, e.g. 0-74:lr_mult=0.1, section=connected:decay_mult=0, "
-                             "role=bias:lr_mult=2, glob=layers.1*.bn.*:freeze (repeatable; applied in order)")
+from .common import add_cfg_arguments, add_rule_argument, cfg_source, limits_from, print_warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from .common import cfg_source, positive_int
+from .common import add_rule_argument, cfg_source, positive_int
 
 
 def _nonnegative(text: str) -> int:
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "bf16 on a CPU without native bf16 is much slower than fp32")
     parser.add_argument("--workers", type=_nonnegative, default=2, metavar="N",
                         help="DataLoader processes decoding and augmenting images (detectors; 0: in this process)")
+    add_rule_argument(parser)
     over = parser.add_argument_group("[net] overrides")
     over.add_argument("--max-batches", type=positive_int, metavar="N", help="iterations to train (max_batches=)")
     over.add_argument("--batch", type=positive_int, metavar="N", help="images per iteration (batch=)")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                           save_every=args.save_every, seed=args.seed, keep_last=args.keep_last,
                           progress=not args.quiet, weights=args.weights, upto=args.upto, overrides=overrides,
                           device=args.device, amp=args.amp, eval_every=(args.map_every if args.map else 0),
-                          workers=args.workers)
+                          workers=args.workers, rules=args.rule)
         result = trainer.run()
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
