@@ -10,7 +10,7 @@ same images and the same ``(M, 6)`` targets ``[image, class, x, y, w, h]`` (the 
 * the machine's CPU model and vector flags.
 
 ``--channels-last`` runs both in channels_last, ``--compile`` wraps both models in ``torch.compile`` (slow to
-compile), ``--profile`` prints where netspec's step spends its time (``torch.profiler``).  The port comes from a
+compile), ``--profile`` prints where each step spends its time (``torch.profiler``).  The port comes from a
 checkout (``--port PATH``, see ``erik_port.py``); without it only netspec's step is timed.
 
     python benchmarks/train_step.py --port /path/to/PyTorch-YOLOv3 [--net yolov4-tiny] [--batch 4] [--repeat 7]
@@ -136,12 +136,14 @@ def memory(args) -> None:
 def profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    step = make_steps(args, ("netspec",))["netspec"]
-    step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(2):
-            step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    which = ("netspec", "erik") if args.port else ("netspec",)
+    for name, step in make_steps(args, which).items():
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                step()
+        print(f"\n== {name}: two steps ==")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
 
 
 def main() -> None:
@@ -155,7 +157,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (slow to compile)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory measurement")
-    parser.add_argument("--profile", action="store_true", help="profile netspec's step instead")
+    parser.add_argument("--profile", action="store_true", help="profile the steps (torch.profiler) instead")
+    parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--memory-child", choices=["netspec", "erik"], help=argparse.SUPPRESS)
     add_port_argument(parser)
     args = parser.parse_args()

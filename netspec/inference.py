@@ -101,16 +101,29 @@ _INPLACE: dict[Activation, Activation] = {
 }
 
 
+# In-place activations autograd differentiates from their result (torch's derivative formulas use ``result``;
+# leaky_relu_ only with a positive slope): safe under autograd on a tensor that the op producing it did not
+# save for its own backward (a convolution's or BatchNorm's output).  The others (mish, swish, hardtan) need
+# their input in backward.
+_RESULT_DIFFERENTIABLE: frozenset[Activation] = frozenset({
+    activations.FUNCTIONS["leaky"], activations.FUNCTIONS["relie"], activations.FUNCTIONS["relu"],
+    activations.FUNCTIONS["logistic"], activations.FUNCTIONS["tanh"],
+})
+
+
 class InplaceActivation:
-    """Runs the activation in place, except when autograd records the graph (where an in-place op
-    could overwrite a value that backward needs): then it falls back to the out-of-place function."""
+    """Runs the activation in place.  When autograd records the graph it does so only for activations whose
+    backward needs their result alone (leaky, relie, relu, logistic, tanh: the in-place op then saves one
+    activation-sized tensor fewer and allocates nothing); the others fall back to the out-of-place function
+    there, since an in-place op would overwrite the input their backward needs."""
 
     def __init__(self, fn: Activation, inplace: Activation) -> None:
         self.fn = fn
         self.inplace = inplace
+        self.autograd_inplace = fn in _RESULT_DIFFERENTIABLE
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
+        if not self.autograd_inplace and x.requires_grad and torch.is_grad_enabled():
             return self.fn(x)
         return self.inplace(x)
 

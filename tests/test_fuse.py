@@ -137,6 +137,24 @@ def test_fused_net_can_be_trained_through_and_inplace_falls_back_under_autograd(
         torch.testing.assert_close(net(x), out.detach())
 
 
+def test_training_runs_result_differentiable_activations_in_place_with_the_same_gradients():
+    from netspec.inference import InplaceActivation
+
+    net = _random_bn(netspec.build(SMALL_CFG)).train()
+    convs = [m for m in net.layers if isinstance(getattr(m, "act_fn", None), InplaceActivation)]
+    assert {m.activation for m in convs if m.act_fn.autograd_inplace} == {"leaky", "logistic"}
+    assert not any(m.act_fn.autograd_inplace for m in convs if m.activation == "mish")  # needs its input
+    reference = copy.deepcopy(net)
+    for m in reference.layers:
+        if isinstance(getattr(m, "act_fn", None), InplaceActivation):
+            m.act_fn = m.act_fn.fn  # out of place
+    x = torch.rand(2, 3, 32, 32)
+    for model in (net, reference):
+        model(x).square().sum().backward()
+    for (name, p), (_, q) in zip(net.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_inplace_activation_never_touches_a_tensor_another_layer_reads():
     net = _random_bn(netspec.build(SMALL_CFG)).eval()
     x = torch.rand(1, 3, 32, 32)

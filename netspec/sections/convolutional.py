@@ -36,8 +36,12 @@ class ConvLayer(nn.Module):
         super().__init__()
         self.xnor = xnor
         self.binary = binary
+        from ..inference import inplace_activation
+
         self.activation = activation
-        self.act_fn = act_fn
+        # In place from the start (in training too, where autograd allows): the activation always runs on the
+        # tensor the conv (or its BN) has just created, which nothing else holds.
+        self.act_fn = inplace_activation(act_fn)
         self.flipped = flipped
         self.stride = stride
         self.padding = padding * dilation  # Darknet pads by padding*dilation at compute time
