@@ -645,10 +645,12 @@ class Trainer:
                                 "images_per_s": self._bar.images_per_s(k), "seconds": time.monotonic() - t0,
                                 "time_left_s": self._bar.time_left(k, self.max_steps), **figures})
                 if k < self.max_steps:
-                    ema_net = self.ema.network(self.net) if (self.ema is not None and self.ema.initialised
-                                                             and k % 100 == 0) else None
-                    if backups is not None and backups.after_step(self.net, k, ema_net):
-                        if k % backups.last_every == 0:
+                    if backups is not None:
+                        last_due = k % backups.last_every == 0
+                        ema_net = self.ema.network(self.net) if (last_due and self.ema is not None
+                                                                 and self.ema.initialised) else None
+                        backups.after_step(self.net, k, ema_net)
+                        if last_due:
                             self._chart()
                     if self._eval_due(k, last_eval):
                         last_eval = k
