@@ -197,6 +197,12 @@ def warn_slow_bf16() -> None:
                   "convolutions stay in float32.  Run without autocast for speed.", RuntimeWarning, stacklevel=3)
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place version counter; tensors made under ``torch.inference_mode`` (``netspec map`` loads and
+    packs there) have none, and are not modified in place by netspec afterwards."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 class PackedConv:
     """Inference fast path of a fused conv layer on the CPU: the weights reordered once into oneDNN's
     blocked layout (in the compute dtype: float32, or bfloat16 under autocast or for bf16 inputs),
@@ -236,7 +242,7 @@ class PackedConv:
 
     @staticmethod
     def _key_of(dtype: torch.dtype, shape: tuple[int, ...], weight: torch.Tensor, bias: torch.Tensor) -> tuple:
-        return dtype, tuple(shape), weight.data_ptr(), weight._version, bias.data_ptr(), bias._version
+        return dtype, tuple(shape), weight.data_ptr(), _version(weight), bias.data_ptr(), _version(bias)
 
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -292,7 +298,7 @@ class PackedConv:
     def adopt(self, weight: torch.Tensor) -> None:
         """``weight`` now holds the packed values: keep the packed copy valid for it."""
         if self._key is not None:
-            self._key = self._key[:2] + (weight.data_ptr(), weight._version) + self._key[4:]
+            self._key = self._key[:2] + (weight.data_ptr(), _version(weight)) + self._key[4:]
 
 
 class PackedWeightConv2d(nn.Conv2d):

@@ -14,8 +14,7 @@ from netspec.train import Trainer
 
 from .conftest import CFGS
 
-ITERATIONS = 300  # of the cfg's 500 (which reach 0.87); the cfg's own LR steps (400, 450) are not reached
-REACHED = 0.5  # measured: see the README walk-through; an untrained net scores about 0.00
+REACHED = 0.6  # measured 0.81 (0.87 with contiguous tensors); an untrained net scores 0.00
 
 
 def test_demo_detector_learns_to_a_stated_map(tmp_path, capsys):
@@ -25,8 +24,9 @@ def test_demo_detector_learns_to_a_stated_map(tmp_path, capsys):
     assert untrained["mAP@0.5"] < 0.05
 
     out = tmp_path / "run"
-    result = Trainer(cfg, shapes.data, out, progress=False, save_every=0, overrides={"max_batches": ITERATIONS},
-                     eval_every=ITERATIONS, workers=1).run()
+    # the cfg's own max_batches (500 iterations of batch 16; about 110 s of CPU): after 300 the mAP still
+    # swings with float rounding (0.42 to 0.60), after the cfg's LR steps it settles
+    result = Trainer(cfg, shapes.data, out, progress=False, save_every=0, eval_every=500, workers=1).run()
     assert result["mAP@0.5"] >= REACHED, result
 
     final = out / "shapes-tiny_final.weights"
