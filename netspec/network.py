@@ -113,8 +113,9 @@ class Network(nn.Module):
         """
         from .inference import fuse_network
 
-        fuse_network(self)
-        self.fused = True
+        if not self.fused:  # a second fuse() has nothing left to fold (and must not re-pack released weights)
+            fuse_network(self)
+            self.fused = True
         return self.eval()
 
     @property
