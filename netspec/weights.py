@@ -220,6 +220,14 @@ def _disagreement(fh, header: DarknetHeader, records, total: int, net) -> str:
     cfg lays them out, each batch-norm variance must be >= 0.  The records agree up to the last layer whose
     variances read right before the first that does not; the layer after it is the first that disagrees
     (typically the conv before a head whose ``classes`` or anchors differ).  Read only on this error path."""
+    position = fh.tell()  # the caller may go on reading the records from here
+    try:
+        return _first_disagreement(fh, header, records, total, net)
+    finally:
+        fh.seek(position)
+
+
+def _first_disagreement(fh, header: DarknetHeader, records, total: int, net) -> str:
     variances = _variance_tensors(net)
     last_good = first_bad = None
     offset = 0
@@ -269,9 +277,11 @@ def _plan_load(records, total: int, path: str, strict: bool, disagreement=lambda
         if offset == total:
             return records[:i], [], False
         if offset + size > total:
-            message = (f"{path}: the file ends inside the record of {_describe(spec)}: the cfg needs {needed:,} "
-                       f"floats, the file has {total:,} (this layer needs {size:,} from float {offset:,})"
-                       + disagreement())
+            where = disagreement()
+            message = (f"{path}: the file is too short for this cfg: it ends inside the record of {_describe(spec)}: "
+                       f"the cfg needs {needed:,} floats, the file has {total:,} (this layer needs {size:,} from "
+                       f"float {offset:,})" + (where or f"; --upto {spec.index} loads layers 0..{spec.index - 1} "
+                                               "only (or is the cfg's width/height/classes not the file's?)"))
             if strict:
                 raise WeightsError(message)
             return records[:i], [message], False

@@ -243,3 +243,27 @@ def test_default_header_for_a_fresh_net(tmp_path):
     data = (tmp_path / "new.weights").read_bytes()
     assert struct.unpack_from("<iiiQ", data) == (0, 2, 5, 0)
     assert DarknetHeader().size == 20
+
+
+def test_lenient_load_of_a_short_file_reads_every_whole_record_and_suggests_upto(tmp_path):
+    # Darknet's own trained files: variances >= 0, so explaining the short file reads the file (it seeks);
+    # the records must then still be read from where they are, not from where the explanation left off
+    torch.manual_seed(0)
+    source = netspec.build(CFG)
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d) or isinstance(module, torch.nn.BatchNorm1d):
+            module.running_var.uniform_(0.5, 2.0)
+            module.running_mean.normal_()
+    data = darknet_weights_bytes(source)
+    path = tmp_path / "short.weights"
+    path.write_bytes(data[:len(data) - 4 * (record_sizes()[-1] + 100)])  # ends inside layer 6 [connected]
+    net = netspec.build(CFG)
+    report = load_darknet_weights(net, path, strict=False)
+    assert report.last_layer == 5 and not report.complete
+    for index in range(6):
+        for (got, _), (want, _) in zip(net.layers[index].darknet_record(), source.layers[index].darknet_record()):
+            assert torch.equal(got, want), index
+    (warning,) = [w for w in report.warnings if "ends inside" in w]
+    assert "too short for this cfg" in warning and "layer 6 [connected]" in warning and "--upto 6" in warning
+    with pytest.raises(WeightsError, match=r"too short for this cfg.*--upto 6"):
+        load_darknet_weights(netspec.build(CFG), path)
