@@ -261,6 +261,127 @@ def _greedy_rounds(boxes: torch.Tensor, cls: torch.Tensor, score: torch.Tensor, 
     return gone, live
 
 
+_SHARED_BOXES = 8192  # the box-overlap bit matrix (n x n / 8 bytes) is built up to this many boxes
+_BAND = 64  # ranks swept at a time by the bit-matrix sweep
+_BAND_BYTES = 1 << 23  # overlap rows gathered per band: classes are swept in groups that stay under this
+_EDGES_PER_ITEM = 16  # up to this many same-class overlapping pairs per item, the sparse resolution is cheaper
+
+
+def _walk_orders(p: torch.Tensor) -> torch.Tensor:
+    """Darknet's walk order for each class (G, n): its detections sorted by ``p[k]``, descending, a stable
+    sort of the order the previous class's sort left (glibc's qsort is a stable merge sort), so that equal
+    probabilities rank as Darknet meets them."""
+    walk = torch.arange(p.shape[1], device=p.device)
+    orders = []
+    for column in p:
+        walk = _take(walk, torch.argsort(_take(column, walk), descending=True, stable=True))
+        orders.append(walk)
+    return torch.stack(orders)
+
+
+_BYTE_BITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool (..., 8 * w) -> uint8 (..., w): column j is bit ``j & 7`` of byte ``j >> 3``."""
+    weights = torch.tensor(_BYTE_BITS, dtype=torch.uint8, device=mask.device)
+    return (mask.unflatten(-1, (-1, 8)).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def _bits_at(packed: torch.Tensor, byte: torch.Tensor, bit: torch.Tensor, dim: int) -> torch.Tensor:
+    return ((packed.gather(dim, byte) >> bit) & 1).bool()
+
+
+def _band_greedy(conflict: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """Darknet's walk over one band of ranks, every class at once: ``conflict`` (G, B, B) says rank a
+    overlaps a later rank c (both alive); an item is kept once every earlier neighbour is suppressed,
+    suppressed once one is kept (at most B rounds, usually a few).  Returns the kept mask (G, B)."""
+    undecided = live.clone()
+    kept = torch.zeros_like(live)
+    conflict = conflict.float()
+    while bool(undecided.any()):
+        # one product gives, per item, its undecided-or-kept earlier neighbours and its kept ones
+        counts = torch.bmm(torch.stack([undecided | kept, kept], 1).float(), conflict)
+        new_kept = undecided & (counts[:, 0] == 0)
+        kept |= new_kept
+        undecided &= ~new_kept & (counts[:, 1] == 0)
+    return kept
+
+
+def _bit_sweep(first: torch.Tensor, second: torch.Tensor, p: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """Darknet's walk for every class at once over a bit matrix of box overlaps (pairs ``first``/``second``),
+    ``_BAND`` ranks at a time.  A box still alive when its rank comes suppresses every box it overlaps: the
+    earlier ones it overlaps are already suppressed (a kept one would have suppressed it), so no rank test is
+    needed.  Returns the kept mask (G, n)."""
+    dev = p.device
+    n = p.shape[1]
+    width = (n + 8) // 8  # one spare column: box n pads the last band, overlaps nothing, is never alive
+    overlap = torch.zeros(n + 1, width * 8, dtype=torch.bool, device=dev)
+    overlap[torch.cat([first, second]), torch.cat([second, first])] = True
+    overlap = _pack_bits(overlap)
+    ranks = int((p > 0).sum(1).max().item())
+    steps = -(-ranks // _BAND)
+    orders = torch.cat([orders[:, :ranks], orders.new_full((orders.shape[0], steps * _BAND - ranks), n)], 1)
+    byte, bit = orders >> 3, (orders & 7).to(torch.uint8)
+    alive = _pack_bits(torch.cat([p > 0, p.new_zeros(p.shape[0], width * 8 - n, dtype=torch.bool)], 1))
+    later = torch.ones(_BAND, _BAND, dtype=torch.bool, device=dev).triu(1)
+    group = max(1, _BAND_BYTES // (_BAND * max(width, _BAND)))
+    for g0 in range(0, p.shape[0], group):
+        live_bits = alive[g0:g0 + group]
+        g = live_bits.shape[0]
+        for step in range(steps):
+            band = slice(g0, g0 + g), slice(step * _BAND, (step + 1) * _BAND)
+            by, bt = byte[band], bit[band]
+            live = _bits_at(live_bits, by, bt, 1)
+            if not bool(live.any()):
+                continue
+            rows = overlap.index_select(0, orders[band].reshape(-1)).view(g, _BAND, width)
+            conflict = _bits_at(rows, by[:, None, :].expand(g, _BAND, _BAND), bt[:, None, :], 2)
+            conflict &= later & live[:, :, None] & live[:, None, :]
+            rows = rows & (_band_greedy(conflict, live).to(torch.uint8) * 255)[:, :, None]
+            half = _BAND
+            while half > 1:  # OR of the kept items' rows
+                half //= 2
+                rows = rows[:, :half] | rows[:, half:2 * half]
+            live_bits &= ~rows[:, 0]
+        alive[g0:g0 + g] = live_bits
+    column = torch.arange(n, device=dev)
+    return ((alive[:, column >> 3] >> (column & 7).to(torch.uint8)) & 1).bool()
+
+
+def _shared_overlaps(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: str, beta: float,
+                     dense: bool) -> torch.Tensor:
+    """NMS when boxes carry many classes: the overlapping box pairs are found once for all classes, then
+    resolved on the sparse graph of same-class pairs or, when that graph is large, by the bit-matrix sweep."""
+    dev = probs.device
+    present = probs > 0
+    active = torch.nonzero(present.any(1)).squeeze(1)
+    columns = torch.nonzero(present.any(0)).squeeze(1)
+    bi, bj = _all_pairs(_geometry(_take(boxes, active)), torch.zeros_like(active), thresh, kind, beta, dense)
+    p = _take(_take(probs, active).t(), columns).contiguous()  # (G, n): each present class's probabilities
+    g, n = p.shape
+    orders = _walk_orders(p)
+    if bi.numel() * g <= _EDGES_PER_ITEM * int(present.sum().item()):
+        rank = torch.empty_like(orders)
+        rank.scatter_(1, orders, torch.arange(n, device=dev).expand(g, n))
+        item = torch.where(p > 0, torch.arange(g * n, device=dev).view(g, n), -1).t().contiguous()
+        rank, gone = rank.reshape(-1), torch.zeros(g * n, dtype=torch.bool, device=dev)
+        group = max(1, _PAIR_BUDGET // max(bi.numel(), 1))
+        for k0 in range(0, g if bi.numel() else 0, group):
+            items = item[:, k0:k0 + group].contiguous()
+            a, c = _take(items, bi).reshape(-1), _take(items, bj).reshape(-1)
+            a, c = _keep((a >= 0) & (c >= 0), a, c)
+            earlier = _take(rank, a) < _take(rank, c)
+            gone |= ~_resolve(g * n, torch.where(earlier, a, c), torch.where(earlier, c, a))
+        kept = ~gone.view(g, n)
+    else:
+        kept = _bit_sweep(bi, bj, p, orders)
+    out = probs.clone()
+    suppressed = torch.zeros_like(present)
+    suppressed[active[:, None], columns[None, :]] = ~kept.t()
+    return out.masked_fill_(suppressed & present, 0)
+
+
 def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: str = "default",
                 beta: float = 0.6) -> torch.Tensor:
     """Darknet's per-class NMS on ``boxes`` (K, 4) centre x, y, w, h and ``probs`` (K, C) (0 = absent):
@@ -277,6 +398,9 @@ def darknet_nms(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, kind: s
     score = probs[box_index, cls]
     b = boxes.float()
     dense = thresh < 0 or not bool((torch.isfinite(b).all() & (b[:, 2:] > 0).all()).item())
+    boxes_used = int((probs > 0).any(1).sum().item())
+    if m > 6 * boxes_used and boxes_used <= _SHARED_BOXES:
+        return _shared_overlaps(b, probs, thresh, kind, beta, dense)
     item_boxes = _take(b, box_index)
     tie = _tie_order(probs, box_index, cls, score)
     gone = torch.zeros(m, dtype=torch.bool, device=probs.device)

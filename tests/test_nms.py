@@ -168,3 +168,38 @@ def test_equal_probabilities_rank_as_darknets_chain_of_sorts(crowded, classes, z
         want = reference_nms(boxes, probs, 0.3, kind, 0.6)
         got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.3, kind).numpy()
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("edges_per_item", [0, 10**9])  # 0: the bit-matrix sweep; 10**9: the sparse graph
+@pytest.mark.parametrize("band,band_bytes", [(64, 1 << 23), (4, 1)])  # small: many bands, one class a group
+def test_shared_box_overlaps_bit_sweep_and_sparse_graph_agree_with_darknet(edges_per_item, band, band_bytes,
+                                                                           monkeypatch):
+    import netspec.nms
+
+    monkeypatch.setattr(netspec.nms, "_EDGES_PER_ITEM", edges_per_item)
+    monkeypatch.setattr(netspec.nms, "_BAND", band)
+    monkeypatch.setattr(netspec.nms, "_BAND_BYTES", band_bytes)
+    calls = []
+    shared = netspec.nms._shared_overlaps
+    monkeypatch.setattr(netspec.nms, "_shared_overlaps", lambda *args: calls.append(1) or shared(*args))
+    boxes, probs = _scene(17, 90, 12, zero_fraction=0.05)
+    probs[:, 6] = 0  # a class without any detection
+    tied = (np.ceil(probs * 4) / 4).astype(np.float32)  # ties everywhere: Darknet's chain of sorts decides
+    for p in (probs, tied):
+        for kind, thresh in (("default", 0.45), ("greedynms", 0.3), ("diounms", -0.1)):
+            want = reference_nms(boxes, p, thresh, kind, 0.8)
+            got = darknet_nms(torch.from_numpy(boxes), torch.from_numpy(p), thresh, kind, 0.8).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{kind} {thresh}")
+    assert len(calls) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("edges_per_item", [0, 10**9])
+def test_shared_box_overlaps_stay_on_the_device(edges_per_item, monkeypatch):
+    import netspec.nms
+
+    monkeypatch.setattr(netspec.nms, "_EDGES_PER_ITEM", edges_per_item)
+    boxes, probs = _scene(3, 120, 6, zero_fraction=0.0)
+    got = darknet_nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(probs).cuda(), 0.45, "greedynms")
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), reference_nms(boxes, probs, 0.45, "greedynms", 0.6))
