@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,9 @@ from netspec.loss import DetectionLoss, TargetError, format_stats, targets_from_
 
 from .conftest import CFGS, DARKNET_CFGS, SHARED, need_shared
 
-VECTORS = SHARED / "loss-vectors"
+SHARED_VECTORS = SHARED / "loss-vectors"
+# NETSPEC_LOSS_VECTORS points the Darknet-delta test at another folder of Darknet-made vectors (same layout)
+VECTORS = Path(os.environ.get("NETSPEC_LOSS_VECTORS", SHARED_VECTORS))
 VECTOR_NAMES = sorted(p.name for p in VECTORS.iterdir() if (p / "manifest.json").exists()) if VECTORS.exists() else []
 
 
@@ -24,8 +28,8 @@ def _f32(path, shape):
     return torch.from_numpy(np.fromfile(path, dtype="<f4").reshape(shape).copy())
 
 
-def _load_vector(name):
-    folder = need_shared(VECTORS / name)
+def _load_vector(name, vectors=VECTORS):
+    folder = need_shared(vectors / name)
     manifest = json.loads((folder / "manifest.json").read_text())
     b = manifest["batch"]
     truth = _f32(folder / "truth.f32", (b, manifest["max_boxes"], manifest["truth_size"]))
@@ -50,12 +54,12 @@ def test_gradient_is_darknets_delta(name):
     b = manifest["batch"]
     for (h, _, delta), x, figures in zip(heads, inputs, stats["heads"]):
         err = (b * x.grad + delta).abs()
-        excess = err - (1e-3 * delta.abs() + 1e-5)
-        worst = int(excess.flatten().argmax())
+        used = err / (1e-3 * delta.abs() + 1e-5)  # the share of the tolerance each element uses
+        worst = int(used.flatten().argmax())
         where = tuple(int(v) for v in torch.unravel_index(torch.tensor(worst), delta.shape))
         print(f"{name} [{h['type']}] #{h['index']}: worst element {where}: darknet delta {delta[where]:.6g}, "
-              f"-batch*grad {-b * x.grad[where]:.6g} (|diff| {err[where]:.3g})")
-        assert (excess <= 0).all(), f"{int((excess > 0).sum())} elements differ from Darknet's delta"
+              f"-batch*grad {-b * x.grad[where]:.6g} (|diff| {err[where]:.3g}, {used[where]:.3g} of the tolerance)")
+        assert (used <= 1).all(), f"{int((used > 1).sum())} elements differ from Darknet's delta"
         assert figures["cost"] == pytest.approx(h["cost"], rel=1e-4, abs=1e-3)
     costs = [f["cost"] for f in stats["heads"]]
     assert stats["loss"] == pytest.approx(sum(costs) / len(costs) / b, rel=1e-5)
@@ -63,8 +67,8 @@ def test_gradient_is_darknets_delta(name):
 
 
 def test_printed_figures_match_darknets_log():
-    _, _, truth, heads = _load_vector("kitchen-sink")
-    net = netspec.build(str(VECTORS / "kitchen-sink" / "model.cfg"))
+    _, _, truth, heads = _load_vector("kitchen-sink", SHARED_VECTORS)
+    net = netspec.build(str(SHARED_VECTORS / "kitchen-sink" / "model.cfg"))
     loss_fn = DetectionLoss(net, layers=[h["index"] for h, _, _ in heads])
     _, stats = loss_fn([x for _, x, _ in heads], targets_from_darknet_truth(truth))
     # the last lines of darknet_log.txt for layers 58 and 64
@@ -257,7 +261,7 @@ def test_end_to_end_yolov3_tiny():
 
 def test_end_to_end_every_head_kind(tmp_path):
     # the conformance cfg with [yolo], new_coords [yolo], [Gaussian_yolo] and [region] heads
-    stats = _train_step(need_shared(VECTORS / "kitchen-sink") / "model.cfg", 64)
+    stats = _train_step(need_shared(SHARED_VECTORS / "kitchen-sink") / "model.cfg", 64)
     assert [h["type"] for h in stats["heads"]] == ["yolo", "yolo", "Gaussian_yolo", "region"]
     cfg = tmp_path / "v1.cfg"
     cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nsize=3\nstride=2\n"
@@ -703,8 +707,8 @@ def test_yolo_crowded_cells_follow_darknets_loop_order(keys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_gradient():
-    _, _, truth, heads = _load_vector("kitchen-sink")
-    net = netspec.build(str(VECTORS / "kitchen-sink" / "model.cfg"))
+    _, _, truth, heads = _load_vector("kitchen-sink", SHARED_VECTORS)
+    net = netspec.build(str(SHARED_VECTORS / "kitchen-sink" / "model.cfg"))
     layers = [h["index"] for h, _, _ in heads]
     grads = []
     for device in ("cpu", "cuda"):
