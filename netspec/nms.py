@@ -209,9 +209,11 @@ def _tie_order(probs: torch.Tensor, box_index: torch.Tensor, cls: torch.Tensor, 
     Darknet sorts all its detections by class 0's probability, walks them, then sorts that order by class 1's,
     and so on; glibc's qsort is a stable merge sort, so equal probabilities of class k keep the order the
     sorts of classes 0..k-1 left.  Without equal probabilities (the usual case) the box order serves."""
-    walk = torch.argsort(score, stable=True)
-    walk = _take(walk, torch.argsort(_take(cls, walk), stable=True))
-    s, c = _take(score, walk), _take(cls, walk)
+    # one integer sort by (class, float32 bits) brings equal probabilities of a class side by side (positive
+    # floats order as their bits; values that only round alike take the exact path below, as ties would)
+    key = (cls.long() << 32) | score.float().view(torch.int32).long()
+    walk = torch.argsort(key)
+    s, c = _take(score.float(), walk), _take(cls, walk)
     if not bool(((s[1:] == s[:-1]) & (c[1:] == c[:-1])).any()):
         return box_index
     tied = torch.unique(_take(c, torch.nonzero((s[1:] == s[:-1]) & (c[1:] == c[:-1])).squeeze(1)))
