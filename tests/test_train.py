@@ -212,3 +212,22 @@ def test_torchrun_two_processes_then_resume_on_one(tiny):
     final = load_checkpoint(out)
     assert final.step == 8 and final.state["history"][:4] == first.state["history"]
     assert not torch.equal(final.model_state["layers.0.conv.weight"], first.model_state["layers.0.conv.weight"])
+
+
+def test_train_command_tears_down_the_process_group(tiny, monkeypatch):
+    # A gloo group left to the exit-time destructors aborted a rank after a successful torchrun run
+    # ("terminate called without an active exception"); the command ends the group itself.
+    import torch.distributed as dist
+
+    from netspec.cli import main
+
+    tmp, write = tiny
+    dist.init_process_group("gloo", init_method=f"file://{tmp / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        assert main(["train", str(write(2)), "--data", str(tmp / "data.npz"), "--out", str(tmp / "run"),
+                     "--quiet"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -75,6 +75,17 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    finally:
+        _end_process_group()
     if args.json and trainer.rank == 0:
         print(json.dumps(result))
     return 0
+
+
+def _end_process_group() -> None:
+    """Tear down torchrun's process group before the interpreter exits: a gloo group left to the exit-time
+    destructors can abort a rank ("terminate called without an active exception") after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
