@@ -220,11 +220,6 @@ def build_specs(document: Document, width: int | None = None, height: int | None
             out.add(msg, block.line, block.col + 1)
             shapes_known = False
             continue
-        if not section.supported:
-            out.add(f"{label}: [{block.section}] is not supported yet by netspec "
-                    f"({section.unsupported_reason})", block.line, block.col + 1)
-            shapes_known = False
-            continue
         p = _convert_block(block, section, index, out)
         if p is None:
             shapes_known = False

@@ -181,7 +181,6 @@ class Section:
     reads_previous: ClassVar[bool] = True  # False: the layer ignores the previous layer's output
     needs_image: ClassVar[bool] = True  # False: also takes the flat output of [softmax]/[cost]/[detection]
     is_layer: ClassVar[bool] = True  # False only for [net]
-    supported: ClassVar[bool] = True
     is_head: ClassVar[bool] = False  # [yolo], [region], ...: outputs of a detection network
     decays_weights: ClassVar[bool] = False  # [net] decay applies to its weights (never to biases or BN)
     network_output: ClassVar[bool] = True  # False: never the network's output (a [cost] only adds a loss)
@@ -192,7 +191,6 @@ class Section:
     # BatchNorm2d: the module's conv/bn), "linear" (a Linear: the module's linear), "" (no tensors they name).
     port_kind: ClassVar[str] = ""
     ref_keys_not_read: ClassVar[tuple[str, ...]] = ()  # reference keys that are not forward inputs
-    unsupported_reason: ClassVar[str] = ""
 
     def tensor_shape(self, spec: LayerSpec) -> tuple[int, ...]:
         """Per-sample shape of the tensor the module returns (differs from ``out`` only for [region])."""
