@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .nms import overlap_measure
+
 if TYPE_CHECKING:  # pragma: no cover
     from .datasets import LabelledSet
     from .network import Network
@@ -37,19 +39,7 @@ POINTS = (0, 11, 101)
 def darknet_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of every box in ``a`` (D, 4) with every box in ``b`` (N, 4), centre x, y, w, h, as Darknet's float32
     ``box_iou`` computes it (so comparisons with a threshold agree with Darknet's to the last bit)."""
-    a, b = a.float()[:, None, :], b.float()[None, :, :]
-
-    def overlap(x1, w1, x2, w2):
-        left = torch.maximum(x1 - w1 / 2, x2 - w2 / 2)
-        right = torch.minimum(x1 + w1 / 2, x2 + w2 / 2)
-        return right - left
-
-    w = overlap(a[..., 0], a[..., 2], b[..., 0], b[..., 2])
-    h = overlap(a[..., 1], a[..., 3], b[..., 1], b[..., 3])
-    inter = torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
-    union = (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3]) - inter
-    ok = (inter != 0) & (union != 0)
-    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+    return overlap_measure(a[:, None, :], b[None, :, :])
 
 
 def average_precision(tp_in_rank_order: torch.Tensor, truths: int, points: int = 0) -> float:
