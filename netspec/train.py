@@ -555,11 +555,16 @@ class Trainer:
 
             dist.barrier()
 
-    def eval_net(self) -> Network:
-        """The network evaluation uses: the EMA copy once it exists, else the network itself."""
+    def _ema_net(self) -> Network | None:
+        """A copy of the network holding the EMA parameters, once they exist; else ``None``."""
         if self.ema is not None and self.ema.initialised:
             return self.ema.network(self.net)
-        return self.net
+        return None
+
+    def eval_net(self) -> Network:
+        """The network evaluation uses: the EMA copy once it exists, else the network itself."""
+        ema_net = self._ema_net()
+        return self.net if ema_net is None else ema_net
 
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on its validation data (rank 0; ``{}`` elsewhere or without validation data)."""
@@ -647,9 +652,7 @@ class Trainer:
                 if k < self.max_steps:
                     if backups is not None:
                         last_due = k % backups.last_every == 0
-                        ema_net = self.ema.network(self.net) if (last_due and self.ema is not None
-                                                                 and self.ema.initialised) else None
-                        backups.after_step(self.net, k, ema_net)
+                        backups.after_step(self.net, k, self._ema_net() if last_due else None)
                         if last_due:
                             self._chart()
                     if self._eval_due(k, last_eval):
@@ -668,8 +671,9 @@ class Trainer:
             result.update(final_metrics)
         if backups is not None:
             result["weights"] = str(backups.write(self.net, "final", self.step))
-            if self.ema is not None and self.ema.initialised:
-                result["ema_weights"] = str(backups.write(self.ema.network(self.net), "ema", self.step))
+            ema_net = self._ema_net()
+            if ema_net is not None:
+                result["ema_weights"] = str(backups.write(ema_net, "ema", self.step))
         extra = {"test_" + n: v for n, v in final_metrics.items()}
         path = self.save(**extra)
         result["checkpoint"] = str(path) if path else None
