@@ -135,6 +135,7 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
         return []
     decoded = [module.decode_boxes(buf) for module, buf in zip(heads, _forward(net, images))]
     last = decoded[-1]
+    any_pixels = any(hb.darknet_pixels for hb in decoded)
     results = []
     for i, (img_w, img_h) in enumerate(image_sizes):
         if int(img_w) < 1 or int(img_h) < 1:
@@ -163,7 +164,7 @@ def darknet_detections(net: Network, images: torch.Tensor, image_sizes: Sequence
                 b, o, p, px = b[order], o[order], p[order], px[order]
             alive = (p > 0).any(1)
             b, o, p, px = b[alive], o[alive], p[alive], px[alive]
-        results.append(Dets(b, o, p, px if any(hb.darknet_pixels for hb in decoded) else None))
+        results.append(Dets(b, o, p, px if any_pixels else None))
     return results
 
 
